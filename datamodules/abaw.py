@@ -1,0 +1,178 @@
+"""``AbawDataModule``: Aff-Wild2 (or the synthetic set) as clips for Lightning.
+
+train = ``Train_Set`` (strided windows with a random shift, augmented), val = ``Validation_Set``
+(sliding windows covering every annotated frame), test/predict = the frames of the organisers'
+test list (labels joined from ``Test_Set`` annotation folders where they exist).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from datamodules.augment import AugmentConfig, ClipTransform
+from datamodules.clips import eval_windows, scored_mask, train_windows
+from datamodules.dataset import ClipDataset, collate_clips
+from datamodules.index import FrameIndex, find_annotations_dir, load_index
+from datamodules.tasks import SPLITS, TEST_SPLIT, parse_tasks
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class AbawDataModule(L.LightningDataModule):
+    """Clips of ABAW-format data. Batches follow the contract in ``datamodules/dataset.py``.
+
+    Args:
+        root: the folder holding ``cropped_aligned/`` and the annotations folder.
+        tasks: any of ``va``, ``expr``, ``au`` (a list or ``"va,au"``); frames carry every
+            task's label where they have one.
+        seq_len: T, frames per clip.
+        stride: step between evaluation windows (default T: no overlap); <= T.
+        train_stride: step between training windows before their random shift (default T).
+        train_random_shift: shift each training window by a random 0..train_stride-1 frames.
+        img_size: frames are resized to img_size x img_size (Aff-Wild2 crops are 112).
+        mean, std: normalisation; the model hands its backbone's own (timm's data config).
+        annotations: the annotations folder's name (found under ``root`` when None).
+        test_list: the organisers' list of frames to predict (default: the synthetic set's
+            ``test_set_examples/<TASK>_test_set_example.txt`` for the first task, if present).
+        per_frame_augment: draw augmentation parameters per frame (the seed paper) instead of
+            once per clip.
+        cache_dir: where frame indexes are cached (default ``~/.cache/affbench/index``).
+    """
+
+    def __init__(
+        self,
+        root: str = "data/synthetic",
+        tasks: list[str] | str = "va",
+        seq_len: int = 8,
+        stride: int | None = None,
+        train_stride: int | None = None,
+        train_random_shift: bool = True,
+        img_size: int = 112,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        batch_size: int = 8,
+        num_workers: int = 2,
+        annotations: str | None = None,
+        test_list: str | None = None,
+        hflip: float = 0.5,
+        color_jitter: float = 0.3,
+        erasing: float = 0.25,
+        blur: float = 0.1,
+        per_frame_augment: bool = False,
+        augment: bool = True,
+        cache_dir: str | None = None,
+        pin_memory: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.tasks = parse_tasks(tasks)
+        self.seq_len = seq_len
+        self.stride = stride or seq_len
+        self.train_stride = train_stride or seq_len
+        if not 1 <= self.stride <= seq_len:
+            raise ValueError(f"stride must be in 1..seq_len={seq_len}, got {self.stride}")
+        self.augment = (
+            AugmentConfig(hflip, color_jitter, erasing=erasing, blur=blur, per_frame=per_frame_augment)
+            if augment
+            else None
+        )
+        self.indexes: dict[str, FrameIndex] = {}
+        self.datasets: dict[str, ClipDataset] = {}
+        self.bad_files: Counter[str] = Counter()  # unreadable frames met so far (main process)
+
+    # -- data -----------------------------------------------------------------------------------
+    def _test_list(self) -> Path | None:
+        if self.hparams.test_list:
+            return Path(self.hparams.test_list)
+        from datamodules.synth import test_list_path
+
+        path = test_list_path(self.hparams.root, self.tasks[0])
+        return path if path.exists() else None
+
+    def _index(self, split: str) -> FrameIndex:
+        if split not in self.indexes:
+            kw = dict(annotations=self.hparams.annotations, cache_dir=self.hparams.cache_dir)
+            if split == TEST_SPLIT:
+                test_list = self._test_list()
+                if test_list is None:
+                    raise FileNotFoundError(
+                        f"no test list: pass test_list (the organisers' example file); "
+                        f"none found under {self.hparams.root}"
+                    )
+                self.indexes[split] = load_index(self.hparams.root, TEST_SPLIT, test_list=test_list, **kw)
+            else:
+                self.indexes[split] = load_index(self.hparams.root, split, **kw)
+        return self.indexes[split]
+
+    def prepare_data(self) -> None:
+        """Build (or validate) the cached indexes once, on one process per node."""
+        find_annotations_dir(Path(self.hparams.root), self.hparams.annotations)
+        for split in SPLITS:
+            self._index(split)
+
+    def _dataset(self, split: str, train: bool) -> ClipDataset:
+        index = self._index(split)
+        transform = ClipTransform(
+            self.hparams.img_size, self.hparams.mean, self.hparams.std, self.augment if train else None
+        )
+        if train:
+            windows = train_windows(index, self.tasks, self.seq_len, self.train_stride)
+            shift = self.train_stride if self.hparams.train_random_shift else 0
+            return ClipDataset(index, windows, self.tasks, self.seq_len, transform, random_shift=shift)
+        scored = index.listed if index.listed is not None else scored_mask(index, self.tasks)
+        windows = eval_windows(index, self.seq_len, self.stride, scored)
+        return ClipDataset(index, windows, self.tasks, self.seq_len, transform)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            self.datasets["train"] = self._dataset(SPLITS[0], train=True)
+        if stage in (None, "fit", "validate"):
+            self.datasets["val"] = self._dataset(SPLITS[1], train=False)
+        if stage in ("test", "predict"):
+            self.datasets["test"] = self._dataset(TEST_SPLIT, train=False)
+        for name, ds in self.datasets.items():
+            if len(ds) == 0:
+                raise ValueError(
+                    f"{name}: no clip of {self.seq_len} frames holds a label for tasks {self.tasks}"
+                )
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(
+            self.datasets[name],
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            drop_last=False,
+            num_workers=workers,
+            collate_fn=collate_clips,
+            pin_memory=self.hparams.pin_memory,
+            persistent_workers=workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Count unreadable frames (decoded in workers, reported here, once per file)."""
+        for f in batch.get("bad_files", ()):
+            if f not in self.bad_files:
+                log.warning("unreadable frame %s was replaced by its nearest readable neighbour", f)
+            self.bad_files[f] += 1
+        return batch

@@ -1,0 +1,157 @@
+"""The clip dataset: decodes the JPEG frames of one window (in DataLoader workers) into a sample.
+
+A sample, and after ``collate_clips`` a batch (B in front of every tensor), is:
+
+=================  ====================  ==================================================
+key                shape, dtype          meaning
+=================  ====================  ==================================================
+``frames``         (T, 3, H, W) float32  normalised with the mean/std given to the datamodule
+``targets[task]``  (T, K) float32        VA values, EXPR one-hot (8), AU 0/1 (12)
+``valid[task]``    (T,) bool             the frame carries a label for this task (never pad)
+``video``          str                   the video's name (a list of B names in a batch)
+``frame``          (T,) int64            1-based frame numbers (pad: past the video's end)
+``pad``            (T,) bool             padding past the video's end: never score it
+``filled``         (T,) bool             the pixels come from the nearest other frame
+                                         (image missing from disk, or unreadable)
+``corrupt``        (T,) bool             the frame's own image exists but could not be decoded
+``bad_files``      list[str]             the unreadable files met by this sample
+=================  ====================  ==================================================
+
+An unreadable JPEG never stops an epoch and never moves a label: its frame keeps its label and
+takes the pixels of the nearest readable frame of the same video (counted in ``corrupt``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from datamodules.augment import ClipTransform
+from datamodules.clips import window_rows
+from datamodules.index import FRAMES_DIR, FrameIndex
+from datamodules.tasks import get_task
+
+log = logging.getLogger(__name__)
+
+
+def decode_frame(path: Path) -> torch.Tensor:
+    """JPEG file -> uint8 (3, H, W) (libjpeg-turbo through torchvision). Raises on a bad file."""
+    data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+    return decode_jpeg(data, mode=ImageReadMode.RGB)
+
+
+class ClipDataset(Dataset):
+    """Windows of an index -> samples (see the module docstring for the contract).
+
+    ``random_shift`` moves each window's start by up to ``random_shift - 1`` frames each time it
+    is drawn (training), so a strided grid of windows still sees every start over the epochs.
+    """
+
+    def __init__(
+        self,
+        index: FrameIndex,
+        windows: np.ndarray,
+        tasks: tuple[str, ...],
+        seq_len: int,
+        transform: ClipTransform,
+        random_shift: int = 0,
+    ):
+        self.index, self.windows, self.tasks = index, windows, tasks
+        self.seq_len, self.transform, self.random_shift = seq_len, transform, random_shift
+        self.source = index.nearest_image_row()
+        self.frames_dir = Path(index.root) / FRAMES_DIR
+        self.unreadable: set[int] = set()  # rows found corrupt by this process
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def _path(self, row: int) -> Path:
+        v = int(np.searchsorted(self.index.start, row, side="right") - 1)
+        return self.frames_dir / self.index.videos[v] / f"{int(self.index.frame[row]):05d}.jpg"
+
+    def _decode(self, row: int, bad_files: list[str]) -> torch.Tensor | None:
+        """Decode one row's image; None (and the file recorded) if it cannot be read."""
+        path = self._path(row)
+        try:
+            return decode_frame(path)
+        except (RuntimeError, OSError) as e:
+            self.unreadable.add(row)
+            bad_files.append(str(path))
+            log.warning("unreadable frame %s (%s): using its nearest readable neighbour", path, e)
+            return None
+
+    def _load(self, row: int, bad_files: list[str]) -> tuple[torch.Tensor | None, int]:
+        """Pixels for frame ``row``: its own image, else the nearest readable image of its video
+        (ties: the earlier frame). Returns (pixels or None if the video has none, source row)."""
+        first = int(self.source[row])  # the nearest image on disk, usually the answer
+        if first >= 0 and first not in self.unreadable and (img := self._decode(first, bad_files)) is not None:
+            return img, first
+        v = int(np.searchsorted(self.index.start, row, side="right") - 1)
+        lo, hi = int(self.index.start[v]), int(self.index.start[v + 1])
+        cands = lo + np.flatnonzero(self.index.has_image[lo:hi])
+        for cand in cands[np.argsort(np.abs(cands - row), kind="stable")].tolist():
+            if cand not in self.unreadable and (img := self._decode(cand, bad_files)) is not None:
+                return img, cand
+        return None, -1
+
+    def __getitem__(self, i: int) -> dict:
+        video, offset = (int(x) for x in self.windows[i])
+        if self.random_shift > 1:
+            room = max(int(self.index.lengths[video]) - self.seq_len - offset, 0)
+            offset += int(torch.randint(0, min(self.random_shift, room + 1), ()).item())
+        rows, pad = window_rows(self.index, video, offset, self.seq_len)
+
+        bad_files: list[str] = []
+        loaded: dict[int, tuple[torch.Tensor | None, int]] = {}
+        pixels, used = [], np.empty(self.seq_len, np.int64)
+        for t, row in enumerate(rows.tolist()):
+            if row not in loaded:  # padding repeats the last row: decode it once
+                loaded[row] = self._load(row, bad_files)
+            img, used[t] = loaded[row]
+            pixels.append(img)
+        shape = next((p.shape for p in pixels if p is not None), (3, 112, 112))
+        clip = torch.stack([p if p is not None else torch.zeros(shape, dtype=torch.uint8) for p in pixels])
+
+        sample = {
+            "frames": self.transform(clip),
+            "targets": {},
+            "valid": {},
+            "video": self.index.videos[video],
+            "frame": torch.from_numpy((offset + 1 + np.arange(self.seq_len)).astype(np.int64)),
+            "pad": torch.from_numpy(pad),
+            "filled": torch.from_numpy(used != rows),
+            "corrupt": torch.from_numpy(self.index.has_image[rows] & (used != rows)),
+            "bad_files": bad_files,
+        }
+        for task in self.tasks:
+            sample["targets"][task], sample["valid"][task] = self._labels(task, rows, pad)
+        return sample
+
+    def _labels(self, task: str, rows: np.ndarray, pad: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        spec = get_task(task)
+        if task not in self.index.labels:  # the split has no file for this task: all unlabelled
+            return torch.zeros(self.seq_len, spec.num_outputs), torch.zeros(self.seq_len, dtype=torch.bool)
+        valid = self.index.valid[task][rows] & ~pad
+        raw = self.index.labels[task][rows]
+        if task == "expr":
+            target = np.zeros((self.seq_len, spec.num_outputs), np.float32)
+            target[np.arange(self.seq_len), np.clip(raw[:, 0], 0, spec.num_outputs - 1).astype(int)] = 1
+        else:
+            target = raw.astype(np.float32)
+        target[~valid] = 0
+        return torch.from_numpy(target), torch.from_numpy(valid)
+
+
+def collate_clips(samples: list[dict]) -> dict:
+    """Stack samples into a batch; ``video`` becomes a list and ``bad_files`` one flat list."""
+    batch = {k: torch.stack([s[k] for s in samples]) for k in ("frames", "frame", "pad", "filled", "corrupt")}
+    batch["targets"] = {t: torch.stack([s["targets"][t] for s in samples]) for t in samples[0]["targets"]}
+    batch["valid"] = {t: torch.stack([s["valid"][t] for s in samples]) for t in samples[0]["valid"]}
+    batch["video"] = [s["video"] for s in samples]
+    batch["bad_files"] = [f for s in samples for f in s["bad_files"]]
+    return batch
