@@ -24,6 +24,7 @@ takes the pixels of the nearest readable frame of the same video (counted in ``c
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,9 @@ from datamodules.index import FRAMES_DIR, FrameIndex
 from datamodules.tasks import get_task
 
 log = logging.getLogger(__name__)
+# torchvision 0.29 flags its JPEG decoder as deprecated in favour of TorchCodec; it is still the
+# fastest decoder installed with torch (libjpeg-turbo), so keep it until it goes and quieten that.
+warnings.filterwarnings("ignore", "The image decoding and encoding", DeprecationWarning)
 
 
 def decode_frame(path: Path) -> torch.Tensor:

@@ -83,9 +83,9 @@ class VideoLatents:
 
 def latent_trajectories(rng: np.random.Generator, n: int) -> VideoLatents:
     fps_scale = rng.uniform(40, 110)
-    v = np.tanh(1.2 * smooth_noise(rng, n, fps_scale)[:, 0] + rng.uniform(-0.4, 0.4))
-    a = np.tanh(1.1 * smooth_noise(rng, n, fps_scale * 0.8)[:, 0] + rng.uniform(-0.3, 0.5))
-    other = smooth_noise(rng, n, 60)[:, 0] > 1.3
+    v = np.tanh(0.9 * smooth_noise(rng, n, fps_scale)[:, 0] + rng.uniform(-0.3, 0.3))
+    a = np.tanh(0.9 * smooth_noise(rng, n, fps_scale * 0.8)[:, 0] + rng.uniform(-0.2, 0.4))
+    other = smooth_noise(rng, n, 60)[:, 0] > 1.5
 
     expr = np.zeros(n, np.int64)
     cur = int(np.argmin(((_PROTOTYPES - [v[0], a[0]]) ** 2).sum(1)))
@@ -267,7 +267,7 @@ def write_test_lists(root: Path) -> None:
         out.write_text("\n".join([f"image_location,{spec.header}", *rows]) + "\n")
 
 
-def generate(out: Path | str, videos: int = 24, frames: int = 300, seed: int = 0, workers: int = 1) -> list[dict]:
+def generate(out: Path | str, videos: int = 40, frames: int = 200, seed: int = 0, workers: int = 1) -> list[dict]:
     """Write the dataset under ``out``; returns one summary dict per video."""
     out = Path(out)
     plan = video_plan(videos, frames, seed)

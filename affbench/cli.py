@@ -1,0 +1,108 @@
+"""``affbench``: the suite's one command. ``affbench data ...`` now; training, profiling,
+ablations, tables and sweeps join as their issues land."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+
+def _data_synth(args: argparse.Namespace) -> None:
+    from datamodules.info import dataset_info, format_info
+    from datamodules.synth import generate
+
+    t0 = time.perf_counter()
+    done = generate(args.out, videos=args.videos, frames=args.frames, seed=args.seed, workers=args.workers)
+    seconds = time.perf_counter() - t0
+    n = sum(d["frames"] for d in done)
+    print(f"wrote {len(done)} videos, {n} frames to {args.out} in {seconds:.1f} s (seed {args.seed})")
+    print(format_info(dataset_info(args.out)))
+
+
+def _data_info(args: argparse.Namespace) -> None:
+    from datamodules.info import dataset_info, format_info
+
+    info = dataset_info(args.root, args.annotations)
+    print(json.dumps(info, indent=1) if args.json else format_info(info))
+
+
+def _print_rows(rows: list[dict], fmt: str) -> None:
+    frame = pd.DataFrame(rows)
+    print(frame.to_csv(index=False) if fmt == "csv" else frame.to_markdown(index=False) if fmt == "md"
+          else frame.to_string(index=False))
+
+
+def _data_bench_index(args: argparse.Namespace) -> None:
+    from datamodules.bench import bench_index
+
+    _print_rows(bench_index(Path(args.dir), args.videos, args.frames), args.format)
+
+
+def _data_bench_loader(args: argparse.Namespace) -> None:
+    from datamodules.bench import bench_loader
+
+    workers = [int(w) for w in args.workers.split(",")]
+    rows = bench_loader(Path(args.root), args.img_size, args.seq_len, args.batch_size, workers, args.frames)
+    _print_rows(rows, args.format)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="affbench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="generate, inspect and benchmark ABAW-format data")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+
+    p = dsub.add_parser("synth", help="write a synthetic dataset in the ABAW layout")
+    p.add_argument("--out", default="data/synthetic")
+    p.add_argument("--videos", type=int, default=40)
+    p.add_argument("--frames", type=int, default=200, help="mean frames per video (each varies +-30%%)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="processes rendering videos")
+    p.set_defaults(func=_data_synth)
+
+    p = dsub.add_parser("info", help="per task and split: videos, frames, labels")
+    p.add_argument("root")
+    p.add_argument("--annotations", default=None, help="annotations folder name (found if omitted)")
+    p.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    p.set_defaults(func=_data_info)
+
+    fmt = dict(choices=["text", "md", "csv"], default="text")
+    p = dsub.add_parser("bench-index", help="cold/warm index build on a generated annotation tree")
+    p.add_argument("--dir", default="bench/index_tree")
+    p.add_argument("--videos", type=int, default=600)
+    p.add_argument("--frames", type=int, default=5000)
+    p.add_argument("--format", **fmt)
+    p.set_defaults(func=_data_bench_index)
+
+    p = dsub.add_parser("bench-loader", help="loader frames/s against plain PIL decoding")
+    p.add_argument("root")
+    p.add_argument("--img-size", type=int, default=112)
+    p.add_argument("--seq-len", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--workers", default="0,1,2")
+    p.add_argument("--frames", type=int, default=4000, help="frames per measurement")
+    p.add_argument("--format", **fmt)
+    p.set_defaults(func=_data_bench_loader)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    from datamodules.annotations import AnnotationError
+
+    try:
+        args.func(args)
+    except (AnnotationError, FileNotFoundError) as e:
+        # bad input: one clear line naming the file (and line), no traceback
+        print(f"affbench: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Shared fixtures: hand-made ABAW trees whose pixels say which frame they are, and a small
+synthetic dataset."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from datamodules.tasks import get_task
+
+ANN = "6th ABAW Annotations"  # a name with spaces, as one edition had
+
+
+def frame_jpeg(frame: int, size: int = 16) -> bytes:
+    """A flat grey JPEG whose level encodes the frame number (recoverable to +-1)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), (frame_level(frame),) * 3).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def frame_level(frame: int) -> int:
+    return (frame * 7) % 250
+
+
+def write_tree(
+    root: Path,
+    images: dict[str, list[int]],
+    annotations: dict[tuple[str, str, str], str],
+    ann_dir: str = ANN,
+) -> Path:
+    """images: video -> frame numbers that exist; annotations: (task, split, video) -> file text
+    (its header included)."""
+    for video, frames in images.items():
+        folder = root / "cropped_aligned" / video
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in frames:
+            (folder / f"{f:05d}.jpg").write_bytes(frame_jpeg(f))
+    for (task, split, video), text in annotations.items():
+        path = root / ann_dir / get_task(task).challenge / split / f"{video}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(text.encode())
+    return root
+
+
+def va_text(values: list[tuple[float, float]], eol: str = "\n") -> str:
+    return eol.join(["valence,arousal", *(f"{a},{b}" for a, b in values)]) + eol
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path_factory, monkeypatch):
+    """Every test caches indexes in a fresh folder, never in the user's home."""
+    monkeypatch.setenv("AFFBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    from datamodules.synth import generate
+
+    root = tmp_path_factory.mktemp("synth")
+    generate(root, videos=12, frames=60, seed=3)
+    return root
+
+
+def level_of(frames_uint8_or_norm: np.ndarray) -> float:
+    return float(np.asarray(frames_uint8_or_norm, dtype=np.float64).mean())

@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+import torch
+from conftest import frame_level, va_text, write_tree
+
+from datamodules.abaw import AbawDataModule
+from datamodules.augment import AugmentConfig, ClipTransform
+from datamodules.clips import eval_windows
+from datamodules.dataset import ClipDataset
+from datamodules.index import build_index
+
+TR, VAL = "Train_Set", "Validation_Set"
+IDENTITY = ((0, 0, 0), (1 / 255, 1 / 255, 1 / 255))
+
+
+def test_corrupt_jpeg_is_replaced_counted_and_labels_stay(tmp_path):
+    va = [(0.1 * k, 0.0) for k in range(1, 7)]
+    root = write_tree(tmp_path, {"v": [1, 2, 3, 4, 5, 6]}, {("va", TR, "v"): va_text(va)})
+    (root / "cropped_aligned" / "v" / "00003.jpg").write_bytes(b"\xff\xd8 definitely not a jpeg")
+    jpeg = (root / "cropped_aligned" / "v" / "00004.jpg").read_bytes()
+    (root / "cropped_aligned" / "v" / "00004.jpg").write_bytes(jpeg[: len(jpeg) // 2])  # truncated
+    idx = build_index(root, TR)
+    ds = ClipDataset(idx, eval_windows(idx, 6, 6), ("va",), 6, ClipTransform(16, *IDENTITY))
+    s = ds[0]
+    assert s["corrupt"].tolist() == [False, False, True, True, False, False]
+    assert s["filled"].tolist() == s["corrupt"].tolist()
+    assert sorted(p.rsplit("/", 1)[1] for p in s["bad_files"]) == ["00003.jpg", "00004.jpg"]
+    levels = s["frames"].mean(dim=(1, 2, 3)).tolist()
+    # frame 3 takes frame 2 (nearest readable, earlier on a tie), frame 4 takes frame 5
+    assert levels == pytest.approx([frame_level(f) for f in (1, 2, 2, 5, 5, 6)], abs=2)
+    np.testing.assert_allclose(s["targets"]["va"][:, 0], [0.1 * k for k in range(1, 7)], atol=1e-6)
+    assert s["valid"]["va"].all()
+    # known-bad files are not retried (and not reported twice) by the same worker
+    assert ds[0]["bad_files"] == []
+
+
+def test_augmentation_is_the_same_for_every_frame_unless_per_frame():
+    torch.manual_seed(0)
+    clip = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    clip[:] = clip[0]  # eight identical frames
+    aug = AugmentConfig(hflip=0.5, color_jitter=0.4, color_jitter_p=1.0, erasing=1.0, blur=0.5)
+    out = ClipTransform(32, *IDENTITY, augment=aug)(clip)
+    assert out.shape == (8, 3, 32, 32)
+    assert torch.allclose(out, out[0].expand_as(out))
+    aug.per_frame = True
+    out = ClipTransform(32, *IDENTITY, augment=aug)(clip)
+    assert not torch.allclose(out, out[0].expand_as(out))
+
+
+def test_resize_and_normalise():
+    clip = torch.full((2, 3, 112, 112), 255, dtype=torch.uint8)
+    out = ClipTransform(224, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))(clip)
+    assert out.shape == (2, 3, 224, 224) and out.dtype == torch.float32
+    assert torch.allclose(out, torch.full_like(out, 2.0))
+
+
+def test_datamodule_with_workers_reports_corrupt_frames(tmp_path):
+    va = [(0.05 * k, -0.05 * k) for k in range(1, 17)]
+    root = write_tree(
+        tmp_path,
+        {"a": list(range(1, 17)), "b": list(range(1, 17))},
+        {("va", TR, "a"): va_text(va), ("va", VAL, "b"): va_text(va)},
+    )
+    (root / "cropped_aligned" / "b" / "00007.jpg").write_bytes(b"junk")
+    dm = AbawDataModule(root=str(root), tasks="va", seq_len=4, img_size=16, batch_size=2, num_workers=2)
+    dm.prepare_data()
+    dm.setup("fit")
+    train = list(dm.train_dataloader())
+    assert sum(b["frames"].shape[0] for b in train) == 4
+    frames = [f for b in dm.val_dataloader() for f in dm.on_before_batch_transfer(b, 0)["frame"].flatten().tolist()]
+    assert frames == list(range(1, 17))
+    assert list(dm.bad_files) == [str(root / "cropped_aligned" / "b" / "00007.jpg")]
+
+
+def test_datamodule_test_split_covers_the_test_list(synth_root):
+    dm = AbawDataModule(root=str(synth_root), tasks="va,expr,au", seq_len=8, num_workers=0)
+    dm.setup("test")
+    ds = dm.datasets["test"]
+    listed = ds.index.listed
+    seen = np.zeros(len(ds.index), bool)
+    for b in dm.test_dataloader():
+        for video, frames, pad in zip(b["video"], b["frame"], b["pad"], strict=True):
+            v = ds.index.videos.index(video)
+            seen[ds.index.start[v] + frames[~pad].numpy() - 1] = True
+    assert (seen[listed]).all()
+    # the synthetic test videos carry their labels (Test_Set): test can be scored
+    assert ds.index.valid["va"].sum() > 0
+
+
+def test_unknown_task_and_bad_stride_are_clear():
+    with pytest.raises(ValueError, match="tasks are: va, expr, au"):
+        AbawDataModule(tasks="va,emotion")
+    with pytest.raises(ValueError, match="stride"):
+        AbawDataModule(seq_len=4, stride=8)
