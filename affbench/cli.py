@@ -17,10 +17,14 @@ def _data_synth(args: argparse.Namespace) -> None:
     from datamodules.synth import generate
 
     t0 = time.perf_counter()
-    done = generate(args.out, videos=args.videos, frames=args.frames, seed=args.seed, workers=args.workers)
+    done = generate(
+        args.out, videos=args.videos, frames=args.frames, seed=args.seed, workers=args.workers
+    )
     seconds = time.perf_counter() - t0
     n = sum(d["frames"] for d in done)
-    print(f"wrote {len(done)} videos, {n} frames to {args.out} in {seconds:.1f} s (seed {args.seed})")
+    print(
+        f"wrote {len(done)} videos, {n} frames to {args.out} in {seconds:.1f} s (seed {args.seed})"
+    )
     print(format_info(dataset_info(args.out)))
 
 
@@ -33,8 +37,13 @@ def _data_info(args: argparse.Namespace) -> None:
 
 def _print_rows(rows: list[dict], fmt: str) -> None:
     frame = pd.DataFrame(rows)
-    print(frame.to_csv(index=False) if fmt == "csv" else frame.to_markdown(index=False) if fmt == "md"
-          else frame.to_string(index=False))
+    print(
+        frame.to_csv(index=False)
+        if fmt == "csv"
+        else frame.to_markdown(index=False)
+        if fmt == "md"
+        else frame.to_string(index=False)
+    )
 
 
 def _data_bench_index(args: argparse.Namespace) -> None:
@@ -47,7 +56,9 @@ def _data_bench_loader(args: argparse.Namespace) -> None:
     from datamodules.bench import bench_loader
 
     workers = [int(w) for w in args.workers.split(",")]
-    rows = bench_loader(Path(args.root), args.img_size, args.seq_len, args.batch_size, workers, args.frames)
+    rows = bench_loader(
+        Path(args.root), args.img_size, args.seq_len, args.batch_size, workers, args.frames
+    )
     _print_rows(rows, args.format)
 
 
@@ -61,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = dsub.add_parser("synth", help="write a synthetic dataset in the ABAW layout")
     p.add_argument("--out", default="data/synthetic")
     p.add_argument("--videos", type=int, default=40)
-    p.add_argument("--frames", type=int, default=200, help="mean frames per video (each varies +-30%%)")
+    p.add_argument(
+        "--frames", type=int, default=200, help="mean frames per video (each varies +-30%%)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, help="processes rendering videos")
     p.set_defaults(func=_data_synth)
@@ -98,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         args.func(args)
-    except (AnnotationError, FileNotFoundError) as e:
+    except (AnnotationError, FileNotFoundError, FileExistsError) as e:
         # bad input: one clear line naming the file (and line), no traceback
         print(f"affbench: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

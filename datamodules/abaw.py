@@ -80,7 +80,9 @@ class AbawDataModule(L.LightningDataModule):
         if not 1 <= self.stride <= seq_len:
             raise ValueError(f"stride must be in 1..seq_len={seq_len}, got {self.stride}")
         self.augment = (
-            AugmentConfig(hflip, color_jitter, erasing=erasing, blur=blur, per_frame=per_frame_augment)
+            AugmentConfig(
+                hflip, color_jitter, erasing=erasing, blur=blur, per_frame=per_frame_augment
+            )
             if augment
             else None
         )
@@ -107,7 +109,9 @@ class AbawDataModule(L.LightningDataModule):
                         f"no test list: pass test_list (the organisers' example file); "
                         f"none found under {self.hparams.root}"
                     )
-                self.indexes[split] = load_index(self.hparams.root, TEST_SPLIT, test_list=test_list, **kw)
+                self.indexes[split] = load_index(
+                    self.hparams.root, TEST_SPLIT, test_list=test_list, **kw
+                )
             else:
                 self.indexes[split] = load_index(self.hparams.root, split, **kw)
         return self.indexes[split]
@@ -121,12 +125,17 @@ class AbawDataModule(L.LightningDataModule):
     def _dataset(self, split: str, train: bool) -> ClipDataset:
         index = self._index(split)
         transform = ClipTransform(
-            self.hparams.img_size, self.hparams.mean, self.hparams.std, self.augment if train else None
+            self.hparams.img_size,
+            self.hparams.mean,
+            self.hparams.std,
+            self.augment if train else None,
         )
         if train:
             windows = train_windows(index, self.tasks, self.seq_len, self.train_stride)
             shift = self.train_stride if self.hparams.train_random_shift else 0
-            return ClipDataset(index, windows, self.tasks, self.seq_len, transform, random_shift=shift)
+            return ClipDataset(
+                index, windows, self.tasks, self.seq_len, transform, random_shift=shift
+            )
         scored = index.listed if index.listed is not None else scored_mask(index, self.tasks)
         windows = eval_windows(index, self.seq_len, self.stride, scored)
         return ClipDataset(index, windows, self.tasks, self.seq_len, transform)

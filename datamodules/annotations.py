@@ -51,7 +51,9 @@ def _check_header(path: Path, header: bytes, spec: TaskSpec) -> None:
     got = [c.strip().lower() for c in header.decode("utf-8", "replace").strip().split(",")]
     if got != [c.lower() for c in spec.columns]:
         raise AnnotationError(
-            path, 1, f"header {header.decode('utf-8', 'replace').strip()!r}, expected {spec.header!r}"
+            path,
+            1,
+            f"header {header.decode('utf-8', 'replace').strip()!r}, expected {spec.header!r}",
         )
 
 

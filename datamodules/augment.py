@@ -42,7 +42,9 @@ class ClipTransform:
             j = augment.color_jitter
             steps += [
                 v2.RandomHorizontalFlip(augment.hflip),
-                v2.RandomApply([v2.ColorJitter(j, j, j, min(j / 3, 0.5))], p=augment.color_jitter_p),
+                v2.RandomApply(
+                    [v2.ColorJitter(j, j, j, min(j / 3, 0.5))], p=augment.color_jitter_p
+                ),
                 v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=augment.blur),
             ]
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]

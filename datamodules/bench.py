@@ -87,8 +87,16 @@ def index_child(root: str, cache_dir: str) -> None:
     t0 = time.perf_counter()
     frames = sum(len(load_index(root, s, cache_dir=cache_dir)) for s in SPLITS)
     seconds = time.perf_counter() - t0
-    print(json.dumps({"seconds": seconds, "frames": frames, "peak_rss_mib": _rss_mib(),
-                      "rss_before_mib": base}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "frames": frames,
+                "peak_rss_mib": _rss_mib(),
+                "rss_before_mib": base,
+            }
+        )
+    )
 
 
 def _child(code: str) -> dict:
@@ -107,15 +115,24 @@ def bench_index(root: Path, videos: int, frames: int) -> list[dict]:
     rows = []
     for mode in ("cold", "warm"):
         r = _child(code)
-        rows.append({"mode": mode, "videos": videos, "frames": r["frames"],
-                     "seconds": round(r["seconds"], 3), "peak_rss_mib": round(r["peak_rss_mib"], 1),
-                     "rss_after_imports_mib": round(r["rss_before_mib"], 1),
-                     "tree_written_s": round(written, 1), **conditions()})
+        rows.append(
+            {
+                "mode": mode,
+                "videos": videos,
+                "frames": r["frames"],
+                "seconds": round(r["seconds"], 3),
+                "peak_rss_mib": round(r["peak_rss_mib"], 1),
+                "rss_after_imports_mib": round(r["rss_before_mib"], 1),
+                "tree_written_s": round(written, 1),
+                **conditions(),
+            }
+        )
     return rows
 
 
-def bench_loader(root: Path, img_size: int, seq_len: int, batch_size: int, workers: list[int],
-                 max_frames: int) -> list[dict]:
+def bench_loader(
+    root: Path, img_size: int, seq_len: int, batch_size: int, workers: list[int], max_frames: int
+) -> list[dict]:
     """Loader frames/s (0, 1, 2 ... workers) against plain PIL decoding of the same files in one
     process. The loader is timed from its first batch on (worker start-up excluded), over
     ``max_frames`` frames of Train_Set windows, without augmentation and then with it."""
@@ -127,8 +144,15 @@ def bench_loader(root: Path, img_size: int, seq_len: int, batch_size: int, worke
     torch.set_num_threads(1)
     rows = []
     for augment in (False, True):
-        dm = AbawDataModule(root=str(root), tasks="va,expr,au", seq_len=seq_len, img_size=img_size,
-                            batch_size=batch_size, num_workers=0, augment=augment)
+        dm = AbawDataModule(
+            root=str(root),
+            tasks="va,expr,au",
+            seq_len=seq_len,
+            img_size=img_size,
+            batch_size=batch_size,
+            num_workers=0,
+            augment=augment,
+        )
         dm.setup("fit")
         ds = dm.datasets["train"]
         n_clips = min(len(ds), max_frames // seq_len)
@@ -146,20 +170,43 @@ def bench_loader(root: Path, img_size: int, seq_len: int, batch_size: int, worke
             for p in paths:
                 np.asarray(Image.open(p).convert("RGB"))
             pil_fps = len(paths) / (time.perf_counter() - t0)
-            rows.append({"reader": "PIL decode, 1 process (limit)", "augment": False, "workers": 0,
-                         "frames_per_s": round(pil_fps), "per_worker_vs_limit": 1.0})
+            rows.append(
+                {
+                    "reader": "PIL decode, 1 process (limit)",
+                    "augment": False,
+                    "workers": 0,
+                    "frames_per_s": round(pil_fps),
+                    "per_worker_vs_limit": 1.0,
+                }
+            )
         for w in workers:
-            loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, num_workers=w,
-                                                 collate_fn=dm._loader("train", False).collate_fn)
+            loader = torch.utils.data.DataLoader(
+                subset,
+                batch_size=batch_size,
+                num_workers=w,
+                collate_fn=dm._loader("train", False).collate_fn,
+            )
             it = iter(loader)
             next(it)
             t0, n = time.perf_counter(), 0
             for b in it:
                 n += b["frames"].shape[0] * b["frames"].shape[1]
             fps = n / (time.perf_counter() - t0)
-            rows.append({"reader": "AbawDataModule loader", "augment": augment, "workers": w,
-                         "frames_per_s": round(fps),
-                         "per_worker_vs_limit": round(fps / max(w, 1) / pil_fps, 2)})
-    cond = {**conditions(), "img_size": img_size, "seq_len": seq_len, "batch_size": batch_size,
-            "torch_threads": 1, "frames": n_clips * seq_len}
+            rows.append(
+                {
+                    "reader": "AbawDataModule loader",
+                    "augment": augment,
+                    "workers": w,
+                    "frames_per_s": round(fps),
+                    "per_worker_vs_limit": round(fps / max(w, 1) / pil_fps, 2),
+                }
+            )
+    cond = {
+        **conditions(),
+        "img_size": img_size,
+        "seq_len": seq_len,
+        "batch_size": batch_size,
+        "torch_threads": 1,
+        "frames": n_clips * seq_len,
+    }
     return [{**r, **cond} for r in rows]

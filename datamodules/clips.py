@@ -13,7 +13,9 @@ import numpy as np
 from datamodules.index import FrameIndex
 
 
-def _any_in_window(mask: np.ndarray, index: FrameIndex, video: np.ndarray, offset: np.ndarray, t: int):
+def _any_in_window(
+    mask: np.ndarray, index: FrameIndex, video: np.ndarray, offset: np.ndarray, t: int
+):
     """(M,) bool: does window m (rows start[video] + offset .. + t, clipped to its video) hold a
     True of ``mask``? One cumulative sum, no loop over windows."""
     csum = np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
@@ -31,7 +33,9 @@ def scored_mask(index: FrameIndex, tasks: tuple[str, ...]) -> np.ndarray:
     return mask
 
 
-def train_windows(index: FrameIndex, tasks: tuple[str, ...], seq_len: int, stride: int) -> np.ndarray:
+def train_windows(
+    index: FrameIndex, tasks: tuple[str, ...], seq_len: int, stride: int
+) -> np.ndarray:
     """(M, 2) int64 [video, offset]: strided windows that fit in their video (a video shorter
     than T gives one padded window) and hold a labelled frame and an image."""
     if seq_len < 1 or stride < 1:
@@ -53,7 +57,9 @@ def eval_windows(
     last one padded past the end); windows without a frame of ``scored`` are left out, and so are
     videos without any image (nothing to show the model)."""
     if not 1 <= stride <= seq_len:
-        raise ValueError(f"evaluation stride must be in 1..seq_len={seq_len} to cover every frame, got {stride}")
+        raise ValueError(
+            f"evaluation stride must be in 1..seq_len={seq_len} to cover every frame, got {stride}"
+        )
     lengths = index.lengths
     # starts 0, stride, ... until start + T >= L
     counts = np.where(lengths > 0, -(-np.maximum(lengths - seq_len, 0) // stride) + 1, 0)
@@ -65,7 +71,9 @@ def eval_windows(
     return np.stack([video[keep], offset[keep]], 1).astype(np.int64)
 
 
-def window_rows(index: FrameIndex, video: int, offset: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+def window_rows(
+    index: FrameIndex, video: int, offset: int, seq_len: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Rows of one window, (T,) int64, and its padding mask (T,) bool. Padding repeats the
     video's last row, so it is always a valid row to read."""
     pos = offset + np.arange(seq_len)

@@ -93,7 +93,11 @@ class ClipDataset(Dataset):
         """Pixels for frame ``row``: its own image, else the nearest readable image of its video
         (ties: the earlier frame). Returns (pixels or None if the video has none, source row)."""
         first = int(self.source[row])  # the nearest image on disk, usually the answer
-        if first >= 0 and first not in self.unreadable and (img := self._decode(first, bad_files)) is not None:
+        if (
+            first >= 0
+            and first not in self.unreadable
+            and (img := self._decode(first, bad_files)) is not None
+        ):
             return img, first
         v = int(np.searchsorted(self.index.start, row, side="right") - 1)
         lo, hi = int(self.index.start[v]), int(self.index.start[v + 1])
@@ -119,7 +123,9 @@ class ClipDataset(Dataset):
             img, used[t] = loaded[row]
             pixels.append(img)
         shape = next((p.shape for p in pixels if p is not None), (3, 112, 112))
-        clip = torch.stack([p if p is not None else torch.zeros(shape, dtype=torch.uint8) for p in pixels])
+        clip = torch.stack(
+            [p if p is not None else torch.zeros(shape, dtype=torch.uint8) for p in pixels]
+        )
 
         sample = {
             "frames": self.transform(clip),
@@ -136,15 +142,21 @@ class ClipDataset(Dataset):
             sample["targets"][task], sample["valid"][task] = self._labels(task, rows, pad)
         return sample
 
-    def _labels(self, task: str, rows: np.ndarray, pad: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def _labels(
+        self, task: str, rows: np.ndarray, pad: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         spec = get_task(task)
         if task not in self.index.labels:  # the split has no file for this task: all unlabelled
-            return torch.zeros(self.seq_len, spec.num_outputs), torch.zeros(self.seq_len, dtype=torch.bool)
+            return torch.zeros(self.seq_len, spec.num_outputs), torch.zeros(
+                self.seq_len, dtype=torch.bool
+            )
         valid = self.index.valid[task][rows] & ~pad
         raw = self.index.labels[task][rows]
         if task == "expr":
             target = np.zeros((self.seq_len, spec.num_outputs), np.float32)
-            target[np.arange(self.seq_len), np.clip(raw[:, 0], 0, spec.num_outputs - 1).astype(int)] = 1
+            target[
+                np.arange(self.seq_len), np.clip(raw[:, 0], 0, spec.num_outputs - 1).astype(int)
+            ] = 1
         else:
             target = raw.astype(np.float32)
         target[~valid] = 0
@@ -153,8 +165,13 @@ class ClipDataset(Dataset):
 
 def collate_clips(samples: list[dict]) -> dict:
     """Stack samples into a batch; ``video`` becomes a list and ``bad_files`` one flat list."""
-    batch = {k: torch.stack([s[k] for s in samples]) for k in ("frames", "frame", "pad", "filled", "corrupt")}
-    batch["targets"] = {t: torch.stack([s["targets"][t] for s in samples]) for t in samples[0]["targets"]}
+    batch = {
+        k: torch.stack([s[k] for s in samples])
+        for k in ("frames", "frame", "pad", "filled", "corrupt")
+    }
+    batch["targets"] = {
+        t: torch.stack([s["targets"][t] for s in samples]) for t in samples[0]["targets"]
+    }
     batch["valid"] = {t: torch.stack([s["valid"][t] for s in samples]) for t in samples[0]["valid"]}
     batch["video"] = [s["video"] for s in samples]
     batch["bad_files"] = [f for s in samples for f in s["bad_files"]]

@@ -12,10 +12,12 @@ by the size and mtime of every file and folder it was built from, so a changed f
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,7 +125,7 @@ class FrameIndex:
                 start=z["start"],
                 frame=z["frame"],
                 has_image=z["has_image"],
-                listed=z["listed"] if "listed" in z else None,
+                listed=z.get("listed"),
             )
             for key in z.files:
                 kind, _, task = key.partition(".")
@@ -193,7 +195,7 @@ def _list_frames(folder: Path) -> np.ndarray:
 
 
 def _split_files(ann_dir: Path, split: str) -> dict[str, dict[str, Path]]:
-    """task -> {video: annotation file} for one split; tasks without the split folder are left out."""
+    """task -> {video: annotation file} of one split; tasks without that split are left out."""
     out = {}
     for t in list_tasks():
         folder = ann_dir / get_task(t).challenge / split
@@ -218,7 +220,9 @@ def _cache_key(root: Path, ann_dir: Path, split: str, test_list: Path | None) ->
         videos |= set(read_test_list(test_list)["video"])
     for v in sorted(videos):
         try:
-            mtime = (root / FRAMES_DIR / v).stat().st_mtime_ns  # changes when a frame is added or removed
+            mtime = (
+                (root / FRAMES_DIR / v).stat().st_mtime_ns
+            )  # changes when a frame is added or removed
         except FileNotFoundError:
             mtime = -1
         h.update(f"frames/{v}:{mtime}|".encode())
@@ -253,14 +257,17 @@ def build_index(
     parsed = {}
     for t, by_video in files.items():
         names = [v for v in by_video if v in vid_of]
-        parsed[t] = (np.array([vid_of[v] for v in names], np.int64), read_task_files(
-            [by_video[v] for v in names], get_task(t)
-        ))
+        parsed[t] = (
+            np.array([vid_of[v] for v in names], np.int64),
+            read_task_files([by_video[v] for v in names], get_task(t)),
+        )
     length = last_image.copy()
     for ids, lab in parsed.values():
         np.maximum.at(length, ids, lab.lengths)
     if listed_df is not None:
-        np.maximum.at(length, listed_df["video"].map(vid_of).to_numpy(), listed_df["frame"].to_numpy())
+        np.maximum.at(
+            length, listed_df["video"].map(vid_of).to_numpy(), listed_df["frame"].to_numpy()
+        )
     start = np.concatenate([[0], np.cumsum(length)]).astype(np.int64)
     n = int(start[-1])
     vid = np.repeat(np.arange(len(videos)), length)
@@ -296,7 +303,9 @@ def build_index(
         )
     if listed_df is not None:
         listed = np.zeros(n, bool)
-        listed[start[listed_df["video"].map(vid_of).to_numpy()] + listed_df["frame"].to_numpy() - 1] = True
+        listed[
+            start[listed_df["video"].map(vid_of).to_numpy()] + listed_df["frame"].to_numpy() - 1
+        ] = True
         idx.listed = listed
     return idx
 
@@ -318,11 +327,9 @@ def load_index(
     if path.exists():
         try:
             return FrameIndex.load(path)
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             pass  # a damaged cache file is rebuilt, never trusted
     idx = build_index(root, split, annotations, test_list)
-    try:
+    with contextlib.suppress(OSError):  # a read-only cache only costs the rebuild next time
         idx.save(path)
-    except OSError:
-        pass  # a read-only cache only costs the rebuild next time
     return idx

@@ -54,12 +54,16 @@ def task_summary(index: FrameIndex, task: str) -> dict:
     return out
 
 
-def dataset_info(root: Path | str, annotations: str | None = None, cache_dir: str | None = None) -> dict:
+def dataset_info(
+    root: Path | str, annotations: str | None = None, cache_dir: str | None = None
+) -> dict:
     """{split: {task: summary}} for every split folder that exists (Train, Validation, Test)."""
     ann_dir = find_annotations_dir(Path(root), annotations)
     out: dict[str, dict] = {}
     for split in (*SPLITS, TEST_SPLIT):
-        if not any((ann_dir / get_task(t).challenge / split).is_dir() for t in ("va", "expr", "au")):
+        if not any(
+            (ann_dir / get_task(t).challenge / split).is_dir() for t in ("va", "expr", "au")
+        ):
             continue
         index = load_index(root, split, annotations, cache_dir=cache_dir)
         out[split] = {t: task_summary(index, t) for t in index.tasks}
@@ -68,8 +72,17 @@ def dataset_info(root: Path | str, annotations: str | None = None, cache_dir: st
 
 def format_info(info: dict) -> str:
     """The summary as aligned text tables, one per split."""
-    keys = ("videos", "frames", "annotated_frames", "unannotated_frames", "missing_images",
-            "annotated_missing_images", "blank_lines", "lines_beyond_frames", "frames_beyond_lines")
+    keys = (
+        "videos",
+        "frames",
+        "annotated_frames",
+        "unannotated_frames",
+        "missing_images",
+        "annotated_missing_images",
+        "blank_lines",
+        "lines_beyond_frames",
+        "frames_beyond_lines",
+    )
     lines = []
     for split, tasks in info.items():
         lines.append(f"{split}")

@@ -26,6 +26,8 @@ same bytes.
 from __future__ import annotations
 
 import io
+import json
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +62,7 @@ for _c, _aus in {
 
 
 def smooth_noise(rng: np.random.Generator, n: int, scale: float, dims: int = 1) -> np.ndarray:
-    """(n, dims) Gaussian-filtered white noise with unit std and a time scale of ``scale`` frames."""
+    """(n, dims) Gaussian-filtered white noise, unit std, time scale ``scale`` frames."""
     pad = int(3 * scale) + 1
     x = rng.standard_normal((n + 2 * pad, dims))
     k = np.exp(-0.5 * (np.arange(-pad, pad + 1) / scale) ** 2)
@@ -217,7 +219,12 @@ def _write_video(args: tuple) -> dict:
         out = Path(root) / ANNOTATIONS_DIR / get_task(task).challenge / split / f"{name}.txt"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(text.encode())
-    return {"video": name, "split": split, "frames": n_frames, "images": sum(f is not None for f in frames)}
+    return {
+        "video": name,
+        "split": split,
+        "frames": n_frames,
+        "images": sum(f is not None for f in frames),
+    }
 
 
 def _cut(lat: VideoLatents, n: int) -> VideoLatents:
@@ -237,13 +244,19 @@ def video_plan(videos: int, frames: int, seed: int) -> list[tuple[str, str, int,
         while i < count:
             res = rng.choice(["640x480", "1280x720", "1920x1080", "480x360"])
             base = f"{len(plan) + 100}-{rng.choice([25, 30])}-{res}"
-            names = [f"{base}_left", f"{base}_right"] if count - i >= 2 and i == 0 and count >= 4 else [base]
+            names = (
+                [f"{base}_left", f"{base}_right"]
+                if count - i >= 2 and i == 0 and count >= 4
+                else [base]
+            )
             for name in names:
                 n = int(frames * rng.uniform(0.7, 1.3))
                 if split == TEST_SPLIT:
                     tasks = ("va", "expr", "au")
                 else:
-                    tasks = tuple(t for t, p in (("va", 0.9), ("expr", 0.85), ("au", 0.8)) if rng.random() < p)
+                    tasks = tuple(
+                        t for t, p in (("va", 0.9), ("expr", 0.85), ("au", 0.8)) if rng.random() < p
+                    )
                     tasks = tasks or ("va",)
                 plan.append((name, split, n, tasks))
                 i += 1
@@ -267,11 +280,28 @@ def write_test_lists(root: Path) -> None:
         out.write_text("\n".join([f"image_location,{spec.header}", *rows]) + "\n")
 
 
-def generate(out: Path | str, videos: int = 40, frames: int = 200, seed: int = 0, workers: int = 1) -> list[dict]:
-    """Write the dataset under ``out``; returns one summary dict per video."""
+MARKER = ".affbench-synthetic"
+
+
+def generate(
+    out: Path | str, videos: int = 40, frames: int = 200, seed: int = 0, workers: int = 1
+) -> list[dict]:
+    """Write the dataset under ``out`` (replacing an earlier synthetic set there, refusing any
+    other non-empty folder); returns one summary dict per video."""
     out = Path(out)
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MARKER).exists():
+            raise FileExistsError(
+                f"{out} is not empty and holds no synthetic dataset: not writing there"
+            )
+        for name in (FRAMES_DIR, ANNOTATIONS_DIR, TEST_LISTS_DIR):
+            shutil.rmtree(out / name, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text(json.dumps({"videos": videos, "frames": frames, "seed": seed}) + "\n")
     plan = video_plan(videos, frames, seed)
-    jobs = [(str(out), name, split, seed, i, n, tasks) for i, (name, split, n, tasks) in enumerate(plan)]
+    jobs = [
+        (str(out), name, split, seed, i, n, tasks) for i, (name, split, n, tasks) in enumerate(plan)
+    ]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             done = list(pool.map(_write_video, jobs))
@@ -285,4 +315,11 @@ def test_list_path(root: Path | str, task: str) -> Path:
     return Path(root) / TEST_LISTS_DIR / f"{task.upper()}_test_set_example.txt"
 
 
-__all__ = ["generate", "latent_trajectories", "video_plan", "test_list_path", "EXPR_NAMES", "AU_NAMES"]
+__all__ = [
+    "generate",
+    "latent_trajectories",
+    "video_plan",
+    "test_list_path",
+    "EXPR_NAMES",
+    "AU_NAMES",
+]

@@ -31,9 +31,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-AU_INDEX = {n: i for i, n in enumerate(
-    ("AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26")
-)}
+AU_INDEX = {
+    n: i
+    for i, n in enumerate(
+        ("AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26")
+    )
+}
 
 
 @dataclass
@@ -53,7 +56,9 @@ class Identity:
         tone = rng.uniform(0, 1)
         skin = np.array([255, 224, 196]) * (1 - tone) + np.array([105, 70, 50]) * tone
         skin = skin * rng.uniform(0.92, 1.05, 3)
-        hair = rng.choice([[30, 20, 15], [80, 50, 25], [150, 110, 60], [60, 60, 60], [200, 170, 110]])
+        hair = rng.choice(
+            [[30, 20, 15], [80, 50, 25], [150, 110, 60], [60, 60, 60], [200, 170, 110]]
+        )
         lips = skin * np.array([0.8, 0.55, 0.55])
         bg = rng.uniform(40, 210, 3)
         return cls(
@@ -111,7 +116,9 @@ def render_face(
 
     jaw = 0.06 * u["AU26"]
     d.polygon(px(_ellipse(0, -0.12, ident.face_w * 1.08, ident.face_h * 0.95)), fill=ident.hair)
-    d.polygon(px(_ellipse(0, 0.05 + jaw / 2, ident.face_w, ident.face_h + jaw / 2)), fill=ident.skin)
+    d.polygon(
+        px(_ellipse(0, 0.05 + jaw / 2, ident.face_w, ident.face_h + jaw / 2)), fill=ident.skin
+    )
 
     # cheeks (AU6): rosy patches that rise with the cheek
     rosy = _mix(ident.skin, (220, 90, 90), 0.55 * u["AU6"])
@@ -131,7 +138,9 @@ def render_face(
     brow_col = _mix(ident.hair, (0, 0, 0), 0.3 + 0.4 * u["AU4"])
     thick = 0.03 + 0.02 * u["AU4"]
     for side in (-1, 1):
-        inner = np.array([side * (0.09 - 0.04 * u["AU4"]), -0.28 - 0.10 * u["AU1"] + 0.07 * u["AU4"]])
+        inner = np.array(
+            [side * (0.09 - 0.04 * u["AU4"]), -0.28 - 0.10 * u["AU1"] + 0.07 * u["AU4"]]
+        )
         outer = np.array([side * 0.38, -0.27 - 0.11 * u["AU2"] + 0.03 * u["AU4"]])
         mid = (inner + outer) / 2 + np.array([0, -0.04])
         top = _curve(inner, mid, outer, 8)

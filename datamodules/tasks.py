@@ -1,4 +1,4 @@
-"""The ABAW frame-level tasks as the annotation files define them (see shared/reference/abaw-format.md).
+"""The ABAW frame-level tasks as their annotation files define them (see abaw-format.md).
 
 One ``TaskSpec`` per task, registered under the short name used everywhere else (CLI flags, batch
 keys, metric keys): ``va``, ``expr``, ``au``. EMI (Hume-Vidmimic2) is video-level and lives on
@@ -12,7 +12,20 @@ from dataclasses import dataclass
 SPLITS = ("Train_Set", "Validation_Set")
 TEST_SPLIT = "Test_Set"  # labels of the test videos, where a user has them (the synthetic set does)
 
-AU_NAMES = ("AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26")
+AU_NAMES = (
+    "AU1",
+    "AU2",
+    "AU4",
+    "AU6",
+    "AU7",
+    "AU10",
+    "AU12",
+    "AU15",
+    "AU23",
+    "AU24",
+    "AU25",
+    "AU26",
+)
 EXPR_NAMES = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other")
 
 

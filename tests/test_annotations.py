@@ -25,11 +25,23 @@ def _write(tmp_path, name, text):
         (VA, "valence,arousal\n0.1,0.2\nabc,0.2\n", 3, "not a number"),
         (EXPR, EXPR.header + "\n0\n8\n", 3, "0..7"),
         (EXPR, EXPR.header + "\n0\n2.5\n", 3, "0..7"),
-        (AU, AU.header + "\n" + ",".join(["0"] * 12) + "\n" + ",".join(["2"] + ["0"] * 11) + "\n", 3, "0, 1 or -1"),
+        (
+            AU,
+            AU.header + "\n" + ",".join(["0"] * 12) + "\n" + ",".join(["2"] + ["0"] * 11) + "\n",
+            3,
+            "0, 1 or -1",
+        ),
     ],
 )
 def test_errors_name_file_and_line(tmp_path, spec, text, line, words):
-    good = _write(tmp_path, "good.txt", spec.header + "\n" + ("0.5,0.5" if spec is VA else "1" if spec is EXPR else ",".join(["1"] * 12)) + "\n")
+    good = _write(
+        tmp_path,
+        "good.txt",
+        spec.header
+        + "\n"
+        + ("0.5,0.5" if spec is VA else "1" if spec is EXPR else ",".join(["1"] * 12))
+        + "\n",
+    )
     bad = _write(tmp_path, "bad.txt", text)
     with pytest.raises(AnnotationError) as e:
         read_task_files([good, bad], spec)
@@ -39,10 +51,12 @@ def test_errors_name_file_and_line(tmp_path, spec, text, line, words):
 
 
 def test_crlf_spaces_blank_lines_and_unannotated(tmp_path):
-    a = _write(tmp_path, "a.txt", b"valence,arousal\r\n0.5, -0.25\r\n-5,-5\r\n\r\n0.1,0.9\r\n\r\n\r\n")
+    a = _write(
+        tmp_path, "a.txt", b"valence,arousal\r\n0.5, -0.25\r\n-5,-5\r\n\r\n0.1,0.9\r\n\r\n\r\n"
+    )
     b = _write(tmp_path, "b.txt", "valence, arousal\n0.3,-5\n1,-1\n")
     lab = read_task_files([a, b], VA)
-    # a: 4 data lines (an interior blank line is an unannotated frame; trailing blanks are not lines)
+    # a: 4 data lines (an interior blank line is an unannotated frame; trailing ones are no lines)
     assert lab.lengths.tolist() == [4, 2]
     assert lab.valid.tolist() == [True, False, False, True, False, True]
     assert lab.blank.tolist() == [False, False, True, False, False, False]

@@ -82,4 +82,7 @@ def test_samples_mark_padding_and_filled_frames(index):
     assert samples[1]["valid"]["va"].tolist() == [True, False, False, True]
     batch = collate_clips(samples)
     assert batch["frames"].shape == (3, 4, 3, 16, 16) and batch["video"] == ["a"] * 3
-    assert batch["targets"]["va"].shape == (3, 4, 2) and batch["valid"]["va"].dtype == __import__("torch").bool
+    assert (
+        batch["targets"]["va"].shape == (3, 4, 2)
+        and batch["valid"]["va"].dtype == __import__("torch").bool
+    )

@@ -62,12 +62,18 @@ def test_datamodule_with_workers_reports_corrupt_frames(tmp_path):
         {("va", TR, "a"): va_text(va), ("va", VAL, "b"): va_text(va)},
     )
     (root / "cropped_aligned" / "b" / "00007.jpg").write_bytes(b"junk")
-    dm = AbawDataModule(root=str(root), tasks="va", seq_len=4, img_size=16, batch_size=2, num_workers=2)
+    dm = AbawDataModule(
+        root=str(root), tasks="va", seq_len=4, img_size=16, batch_size=2, num_workers=2
+    )
     dm.prepare_data()
     dm.setup("fit")
     train = list(dm.train_dataloader())
     assert sum(b["frames"].shape[0] for b in train) == 4
-    frames = [f for b in dm.val_dataloader() for f in dm.on_before_batch_transfer(b, 0)["frame"].flatten().tolist()]
+    frames = [
+        f
+        for b in dm.val_dataloader()
+        for f in dm.on_before_batch_transfer(b, 0)["frame"].flatten().tolist()
+    ]
     assert frames == list(range(1, 17))
     assert list(dm.bad_files) == [str(root / "cropped_aligned" / "b" / "00007.jpg")]
 

@@ -17,7 +17,9 @@ def _row(idx, video, frame):
 
 
 def test_missing_frames_keep_labels_in_place(tmp_path):
-    va = [(round(0.1 * k - 0.5, 2), -round(0.1 * k - 0.5, 2)) for k in range(1, 9)]  # frame k -> 0.1k-0.5
+    va = [
+        (round(0.1 * k - 0.5, 2), -round(0.1 * k - 0.5, 2)) for k in range(1, 9)
+    ]  # frame k -> 0.1k-0.5
     write_tree(tmp_path, {"v1": [1, 2, 4, 5, 8]}, {("va", TR, "v1"): va_text(va)})
     idx = build_index(tmp_path, TR)
     assert idx.videos == ["v1"] and len(idx) == 8
@@ -29,7 +31,11 @@ def test_missing_frames_keep_labels_in_place(tmp_path):
 
 
 def test_left_right_are_two_videos_and_multitask_join(tmp_path):
-    au_rows = ["AU1,AU2,AU4,AU6,AU7,AU10,AU12,AU15,AU23,AU24,AU25,AU26", "1,0,0,0,0,0,0,0,0,0,0,1", "-1,0,0,0,0,0,0,0,0,0,0,0"]
+    au_rows = [
+        "AU1,AU2,AU4,AU6,AU7,AU10,AU12,AU15,AU23,AU24,AU25,AU26",
+        "1,0,0,0,0,0,0,0,0,0,0,1",
+        "-1,0,0,0,0,0,0,0,0,0,0,0",
+    ]
     write_tree(
         tmp_path,
         {"12-24-1920x1080_left": [1, 2, 3], "12-24-1920x1080_right": [1, 2, 3]},
@@ -66,14 +72,20 @@ def test_more_and_fewer_lines_than_frames_are_counted(tmp_path):
     )
     idx = build_index(tmp_path, TR)
     lines, annotated, blank, beyond_frames, beyond_lines = idx.counts["va"].T
-    assert lines.tolist() == [5, 4] and beyond_frames.tolist() == [2, 0] and beyond_lines.tolist() == [0, 2]
+    assert (
+        lines.tolist() == [5, 4]
+        and beyond_frames.tolist() == [2, 0]
+        and beyond_lines.tolist() == [0, 2]
+    )
     assert idx.lengths.tolist() == [5, 6]
     assert idx.valid["va"].tolist() == [True] * 5 + [True] * 4 + [False, False]
     assert idx.has_image.tolist() == [True] * 3 + [False] * 2 + [True] * 6
 
 
 def test_nearest_image_row(tmp_path):
-    write_tree(tmp_path, {"a": [2, 6], "b": []}, {("va", TR, v): va_text([(0, 0)] * 7) for v in "ab"})
+    write_tree(
+        tmp_path, {"a": [2, 6], "b": []}, {("va", TR, v): va_text([(0, 0)] * 7) for v in "ab"}
+    )
     idx = build_index(tmp_path, TR)
     near = idx.nearest_image_row()
     a = [int(idx.frame[r]) for r in near[:7]]
@@ -100,7 +112,9 @@ def test_bad_file_error_reaches_the_index(tmp_path):
 
 def test_cache_is_used_and_invalidated(tmp_path):
     cache = tmp_path / "cache"
-    root = write_tree(tmp_path / "d", {"v": [1, 2]}, {("va", TR, "v"): va_text([(0.1, 0.1), (0.2, 0.2)])})
+    root = write_tree(
+        tmp_path / "d", {"v": [1, 2]}, {("va", TR, "v"): va_text([(0.1, 0.1), (0.2, 0.2)])}
+    )
     first = load_index(root, TR, cache_dir=cache)
     files = list(cache.glob("*.npz"))
     assert len(files) == 1
@@ -129,7 +143,9 @@ def test_cache_is_used_and_invalidated(tmp_path):
 def test_test_list_defines_the_frames(tmp_path):
     write_tree(tmp_path, {"t1": [1, 2], "t2": [1]}, {("va", VAL, "x"): va_text([(0, 0)])})
     lst = tmp_path / "list.txt"
-    lst.write_text("image_location,valence,arousal\nt1/00001.jpg,0,0\nt1/00002.jpg,0,0\nt1/00003.jpg,0,0\nt2/00001.jpg,0,0\n")
+    lst.write_text(
+        "image_location,valence,arousal\nt1/00001.jpg,0,0\nt1/00002.jpg,0,0\nt1/00003.jpg,0,0\nt2/00001.jpg,0,0\n"
+    )
     df = read_test_list(lst)
     assert df["video"].tolist() == ["t1", "t1", "t1", "t2"] and df["frame"].tolist() == [1, 2, 3, 1]
     idx = build_index(tmp_path, "Test_Set", test_list=lst)
