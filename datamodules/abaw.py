@@ -12,9 +12,10 @@ from collections import Counter
 from pathlib import Path
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
-from datamodules.augment import AugmentConfig, ClipTransform
+from datamodules.augment import AugmentConfig, ClipTransform, normalize_frames
 from datamodules.clips import eval_windows, scored_mask, train_windows
 from datamodules.dataset import ClipDataset, collate_clips
 from datamodules.index import FrameIndex, find_annotations_dir, load_index
@@ -124,12 +125,8 @@ class AbawDataModule(L.LightningDataModule):
 
     def _dataset(self, split: str, train: bool) -> ClipDataset:
         index = self._index(split)
-        transform = ClipTransform(
-            self.hparams.img_size,
-            self.hparams.mean,
-            self.hparams.std,
-            self.augment if train else None,
-        )
+        augment = self.augment if train else None
+        transform = ClipTransform(self.hparams.img_size, augment, mean=self.hparams.mean)
         if train:
             windows = train_windows(index, self.tasks, self.seq_len, self.train_stride)
             shift = self.train_stride if self.hparams.train_random_shift else 0
@@ -184,4 +181,10 @@ class AbawDataModule(L.LightningDataModule):
             if f not in self.bad_files:
                 log.warning("unreadable frame %s was replaced by its nearest readable neighbour", f)
             self.bad_files[f] += 1
+        return batch
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """uint8 frames -> normalised float32, on the batch's device (the GPU when there is one)."""
+        if batch["frames"].dtype == torch.uint8:
+            batch["frames"] = normalize_frames(batch["frames"], self.hparams.mean, self.hparams.std)
         return batch

@@ -1,4 +1,4 @@
-"""Read ABAW annotation files: all files of one task and split in one vectorised parse.
+"""Read ABAW annotation files: the files of one task and split in a few vectorised parses.
 
 A file is a header line, then data line k (1-based) labelling frame k, i.e. image ``{k:05d}.jpg``.
 The files of a split are read as bytes, checked and cleaned (CRLF, trailing blank lines), joined
@@ -31,7 +31,8 @@ class AnnotationError(ValueError):
 class TaskLabels:
     """The parsed files of one task and split, concatenated in file order.
 
-    ``values`` (N, values_per_line) float32 holds each data line as written (NaN for a blank line);
+    ``values`` (N, values_per_line) holds each data line as written, in the task's dtype (a blank
+    line holds the unannotated value);
     ``valid`` (N,) says which lines are annotated; ``lengths`` (F,) counts the data lines of each
     file, so file i owns rows ``offsets[i]:offsets[i + 1]``.
     """
@@ -114,41 +115,59 @@ def _locate(path: Path, spec: TaskSpec, reason: str) -> AnnotationError:
     return AnnotationError(path, 1, reason)
 
 
-def read_task_files(files: list[Path], spec: TaskSpec) -> TaskLabels:
-    """Parse every file of one task and split (one pandas call), validating every value."""
+def _parse_chunk(files: list[Path], spec: TaskSpec) -> tuple[np.ndarray, np.ndarray]:
+    """One pandas call over the joined data lines of ``files``: lengths (F,), values (N, C) in
+    the task's dtype (blank lines set to the unannotated value) and the blank-line mask (N,)."""
     bodies = [_split_file(f, spec) for f in files]
     lengths = np.array([b.count(b"\n") + 1 if b else 0 for b in bodies], dtype=np.int64)
     ncol = spec.values_per_line
     if lengths.sum() == 0:
-        values = np.empty((0, ncol), np.float32)
-    else:
-        buf = b"\n".join(b for b in bodies if b) + b"\n"
-        del bodies  # the joined copy is all the parser needs: halve the peak
-        try:
-            frame = pd.read_csv(
-                io.BytesIO(buf),
-                header=None,
-                names=list(range(ncol)),
-                dtype=np.float32,
-                skipinitialspace=True,
-                skip_blank_lines=False,
-                engine="c",
-            )
-            # Lines with too many values turn into an index instead of raising: catch that here.
-            if not isinstance(frame.index, pd.RangeIndex) or len(frame) != lengths.sum():
-                raise ValueError("lines with a wrong number of values")
-            values = frame.to_numpy(np.float32)
-        except (ValueError, pd.errors.ParserError) as e:
-            # The fast path cannot say where: find the first file with a bad line.
-            for f in files:
-                err = _locate(f, spec, str(e))
-                if err.line > 1:
-                    raise err from None
-            raise AnnotationError(files[0], 1, f"could not parse: {e}") from None
-        if len(values) and (bad := _bad_rows(values, spec)).any():
-            row = int(np.flatnonzero(bad)[0])
-            i = int(np.searchsorted(np.cumsum(lengths), row, side="right"))
-            raise _locate(files[i], spec, "bad value")
+        return lengths, np.empty((0, ncol), spec.dtype), np.empty(0, bool)
+    buf = b"\n".join(b for b in bodies if b) + b"\n"
+    del bodies
+    try:
+        frame = pd.read_csv(
+            io.BytesIO(buf),
+            header=None,
+            names=list(range(ncol)),
+            dtype=np.float32,
+            skipinitialspace=True,
+            skip_blank_lines=False,
+            engine="c",
+        )
+        # Lines with too many values turn into an index instead of raising: catch that here.
+        if not isinstance(frame.index, pd.RangeIndex) or len(frame) != lengths.sum():
+            raise ValueError("lines with a wrong number of values")
+        values = frame.to_numpy(np.float32, copy=True)
+    except (ValueError, pd.errors.ParserError) as e:
+        # The fast path cannot say where: find the first file with a bad line.
+        for f in files:
+            err = _locate(f, spec, str(e))
+            if err.line > 1:
+                raise err from None
+        raise AnnotationError(files[0], 1, f"could not parse: {e}") from None
+    if len(values) and (bad := _bad_rows(values, spec)).any():
+        row = int(np.flatnonzero(bad)[0])
+        i = int(np.searchsorted(np.cumsum(lengths), row, side="right"))
+        raise _locate(files[i], spec, "bad value")
     blank = np.isnan(values).all(axis=1)
+    values[blank] = spec.unannotated
+    return lengths, values.astype(spec.dtype), blank
+
+
+def read_task_files(files: list[Path], spec: TaskSpec, chunk_bytes: int = 16 << 20) -> TaskLabels:
+    """Parse every file of one task and split, validating every value.
+
+    Files are parsed in groups of about ``chunk_bytes`` (one pandas call each), which keeps the
+    parser's own memory bounded on the full Aff-Wild2 while the calls stay few."""
+    groups, size = [[]], 0
+    for f in files:
+        if size > chunk_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(f)
+        size += f.stat().st_size
+    parts = [_parse_chunk(g, spec) for g in groups]
+    lengths, values, blank = (np.concatenate([p[i] for p in parts]) for i in range(3))
     valid = ~blank & ~(values == spec.unannotated).any(axis=1)
     return TaskLabels(list(files), lengths, values, valid, blank)

@@ -1,11 +1,13 @@
 """The clip dataset: decodes the JPEG frames of one window (in DataLoader workers) into a sample.
 
-A sample, and after ``collate_clips`` a batch (B in front of every tensor), is:
+A sample, and after ``collate_clips`` a batch (B in front of every tensor), is as below. The
+frames leave the workers as uint8; ``AbawDataModule`` turns them into normalised float32 once the
+batch is on its device (``on_after_batch_transfer``), so a training step always sees floats.
 
 =================  ====================  ==================================================
 key                shape, dtype          meaning
 =================  ====================  ==================================================
-``frames``         (T, 3, H, W) float32  normalised with the mean/std given to the datamodule
+``frames``         (T, 3, H, W) uint8    -> float32, normalised with the datamodule's mean/std
 ``targets[task]``  (T, K) float32        VA values, EXPR one-hot (8), AU 0/1 (12)
 ``valid[task]``    (T,) bool             the frame carries a label for this task (never pad)
 ``video``          str                   the video's name (a list of B names in a batch)
@@ -29,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from datamodules.augment import ClipTransform
@@ -43,9 +45,10 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", "The image decoding and encoding", DeprecationWarning)
 
 
-def decode_frame(path: Path) -> torch.Tensor:
+def decode_frame(path: str | Path) -> torch.Tensor:
     """JPEG file -> uint8 (3, H, W) (libjpeg-turbo through torchvision). Raises on a bad file."""
-    data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+    with open(path, "rb") as f:
+        data = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
     return decode_jpeg(data, mode=ImageReadMode.RGB)
 
 
@@ -68,15 +71,16 @@ class ClipDataset(Dataset):
         self.index, self.windows, self.tasks = index, windows, tasks
         self.seq_len, self.transform, self.random_shift = seq_len, transform, random_shift
         self.source = index.nearest_image_row()
-        self.frames_dir = Path(index.root) / FRAMES_DIR
+        self.frames_dir = str(Path(index.root) / FRAMES_DIR)
         self.unreadable: set[int] = set()  # rows found corrupt by this process
 
     def __len__(self) -> int:
         return len(self.windows)
 
-    def _path(self, row: int) -> Path:
+    def _path(self, row: int) -> str:
+        # plain strings: pathlib costs as much as a tenth of a frame's decoding here
         v = int(np.searchsorted(self.index.start, row, side="right") - 1)
-        return self.frames_dir / self.index.videos[v] / f"{int(self.index.frame[row]):05d}.jpg"
+        return f"{self.frames_dir}/{self.index.videos[v]}/{int(self.index.frame[row]):05d}.jpg"
 
     def _decode(self, row: int, bad_files: list[str]) -> torch.Tensor | None:
         """Decode one row's image; None (and the file recorded) if it cannot be read."""
@@ -164,15 +168,11 @@ class ClipDataset(Dataset):
 
 
 def collate_clips(samples: list[dict]) -> dict:
-    """Stack samples into a batch; ``video`` becomes a list and ``bad_files`` one flat list."""
-    batch = {
-        k: torch.stack([s[k] for s in samples])
-        for k in ("frames", "frame", "pad", "filled", "corrupt")
-    }
-    batch["targets"] = {
-        t: torch.stack([s["targets"][t] for s in samples]) for t in samples[0]["targets"]
-    }
-    batch["valid"] = {t: torch.stack([s["valid"][t] for s in samples]) for t in samples[0]["valid"]}
-    batch["video"] = [s["video"] for s in samples]
-    batch["bad_files"] = [f for s in samples for f in s["bad_files"]]
+    """Stack samples into a batch (``video`` becomes a list, ``bad_files`` one flat list).
+
+    ``default_collate`` stacks straight into shared memory inside a worker, which saves a copy of
+    every batch on its way to the main process."""
+    bad_files = [f for s in samples for f in s["bad_files"]]
+    batch = default_collate([{k: v for k, v in s.items() if k != "bad_files"} for s in samples])
+    batch["bad_files"] = bad_files
     return batch

@@ -39,9 +39,9 @@ COUNT_FIELDS = ("lines", "annotated", "blank_lines", "lines_beyond_frames", "fra
 class FrameIndex:
     """Columnar frame index of one split (numpy arrays, row = frame).
 
-    ``labels[task]`` is (N, K_file) float32 as written in the files (VA values, the EXPR class,
-    the twelve AU values); ``valid[task]`` (N,) marks annotated frames. ``listed`` (N,) marks the
-    frames a test list asks for (all True outside a test split).
+    ``labels[task]`` is (N, values_per_line) as written in the files: VA float32, the EXPR
+    class and the twelve AU values int8; ``valid[task]`` (N,) marks annotated frames;
+    ``listed`` (N,) marks the frames a test list asks for (None outside a test split).
     """
 
     root: Path
@@ -282,8 +282,8 @@ def build_index(
         # row of each parsed line: its video's first row + (line number - 1)
         line_no = np.arange(len(lab.valid)) - np.repeat(lab.offsets[:-1], lab.lengths)
         rows = np.repeat(start[ids], lab.lengths) + line_no
-        labels = np.full((n, spec.values_per_line), spec.unannotated, np.float32)
-        labels[rows] = np.nan_to_num(lab.values, nan=spec.unannotated)
+        labels = np.full((n, spec.values_per_line), spec.unannotated, spec.dtype)
+        labels[rows] = lab.values
         valid = np.zeros(n, bool)
         valid[rows] = lab.valid
         counts = np.zeros((len(videos), len(COUNT_FIELDS)), np.int64)

@@ -44,6 +44,7 @@ class TaskSpec:
     values_per_line: int
     num_outputs: int
     unannotated: float  # the value that marks an unannotated frame
+    dtype: str = "int8"  # how the index stores the values (class indices and 0/1 fit in int8)
 
     @property
     def header(self) -> str:
@@ -60,7 +61,9 @@ def register_task(spec: TaskSpec) -> TaskSpec:
     return spec
 
 
-register_task(TaskSpec("va", "VA_Estimation_Challenge", ("valence", "arousal"), 2, 2, -5.0))
+register_task(
+    TaskSpec("va", "VA_Estimation_Challenge", ("valence", "arousal"), 2, 2, -5.0, "float32")
+)
 register_task(TaskSpec("expr", "EXPR_Recognition_Challenge", EXPR_NAMES, 1, 8, -1.0))
 register_task(TaskSpec("au", "AU_Detection_Challenge", AU_NAMES, 12, 12, -1.0))
 

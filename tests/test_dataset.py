@@ -4,13 +4,12 @@ import torch
 from conftest import frame_level, va_text, write_tree
 
 from datamodules.abaw import AbawDataModule
-from datamodules.augment import AugmentConfig, ClipTransform
+from datamodules.augment import AugmentConfig, ClipTransform, normalize_frames
 from datamodules.clips import eval_windows
 from datamodules.dataset import ClipDataset
 from datamodules.index import build_index
 
 TR, VAL = "Train_Set", "Validation_Set"
-IDENTITY = ((0, 0, 0), (1 / 255, 1 / 255, 1 / 255))
 
 
 def test_corrupt_jpeg_is_replaced_counted_and_labels_stay(tmp_path):
@@ -20,12 +19,12 @@ def test_corrupt_jpeg_is_replaced_counted_and_labels_stay(tmp_path):
     jpeg = (root / "cropped_aligned" / "v" / "00004.jpg").read_bytes()
     (root / "cropped_aligned" / "v" / "00004.jpg").write_bytes(jpeg[: len(jpeg) // 2])  # truncated
     idx = build_index(root, TR)
-    ds = ClipDataset(idx, eval_windows(idx, 6, 6), ("va",), 6, ClipTransform(16, *IDENTITY))
+    ds = ClipDataset(idx, eval_windows(idx, 6, 6), ("va",), 6, ClipTransform(16))
     s = ds[0]
     assert s["corrupt"].tolist() == [False, False, True, True, False, False]
     assert s["filled"].tolist() == s["corrupt"].tolist()
     assert sorted(p.rsplit("/", 1)[1] for p in s["bad_files"]) == ["00003.jpg", "00004.jpg"]
-    levels = s["frames"].mean(dim=(1, 2, 3)).tolist()
+    levels = s["frames"].float().mean(dim=(1, 2, 3)).tolist()
     # frame 3 takes frame 2 (nearest readable, earlier on a tie), frame 4 takes frame 5
     assert levels == pytest.approx([frame_level(f) for f in (1, 2, 2, 5, 5, 6)], abs=2)
     np.testing.assert_allclose(s["targets"]["va"][:, 0], [0.1 * k for k in range(1, 7)], atol=1e-6)
@@ -39,19 +38,23 @@ def test_augmentation_is_the_same_for_every_frame_unless_per_frame():
     clip = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     clip[:] = clip[0]  # eight identical frames
     aug = AugmentConfig(hflip=0.5, color_jitter=0.4, color_jitter_p=1.0, erasing=1.0, blur=0.5)
-    out = ClipTransform(32, *IDENTITY, augment=aug)(clip)
+    out = ClipTransform(32, augment=aug)(clip)
     assert out.shape == (8, 3, 32, 32)
-    assert torch.allclose(out, out[0].expand_as(out))
+    assert out.dtype == torch.uint8 and torch.equal(out, out[0].expand_as(out))
+    assert not torch.equal(out, clip)  # and it did change the frames
     aug.per_frame = True
-    out = ClipTransform(32, *IDENTITY, augment=aug)(clip)
-    assert not torch.allclose(out, out[0].expand_as(out))
+    out = ClipTransform(32, augment=aug)(clip)
+    assert not torch.equal(out, out[0].expand_as(out))
 
 
 def test_resize_and_normalise():
     clip = torch.full((2, 3, 112, 112), 255, dtype=torch.uint8)
-    out = ClipTransform(224, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))(clip)
-    assert out.shape == (2, 3, 224, 224) and out.dtype == torch.float32
-    assert torch.allclose(out, torch.full_like(out, 2.0))
+    clip[:, 1] = 0
+    out = ClipTransform(224)(clip)
+    assert out.shape == (2, 3, 224, 224) and out.dtype == torch.uint8
+    x = normalize_frames(out[None], (0.5, 0.5, 0.25), (0.25, 0.5, 0.5))
+    assert x.shape == (1, 2, 3, 224, 224) and x.dtype == torch.float32
+    torch.testing.assert_close(x[0, :, :, 0, 0], torch.tensor([[2.0, -1.0, 1.5]] * 2))
 
 
 def test_datamodule_with_workers_reports_corrupt_frames(tmp_path):
@@ -69,12 +72,13 @@ def test_datamodule_with_workers_reports_corrupt_frames(tmp_path):
     dm.setup("fit")
     train = list(dm.train_dataloader())
     assert sum(b["frames"].shape[0] for b in train) == 4
-    frames = [
-        f
+    batches = [
+        dm.on_after_batch_transfer(dm.on_before_batch_transfer(b, 0), 0)
         for b in dm.val_dataloader()
-        for f in dm.on_before_batch_transfer(b, 0)["frame"].flatten().tolist()
     ]
-    assert frames == list(range(1, 17))
+    assert [f for b in batches for f in b["frame"].flatten().tolist()] == list(range(1, 17))
+    assert batches[0]["frames"].dtype == torch.float32  # normalised once on its device
+    assert batches[0]["frames"].shape == (2, 4, 3, 16, 16)
     assert list(dm.bad_files) == [str(root / "cropped_aligned" / "b" / "00007.jpg")]
 
 
