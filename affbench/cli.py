@@ -63,7 +63,11 @@ def _data_bench_loader(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="affbench", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="affbench",
+        description=__doc__,
+        epilog="Training: affbench fit|validate|test|predict --help (a LightningCLI)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="generate, inspect and benchmark ABAW-format data")
@@ -105,13 +109,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    from affbench.errors import ConfigError
     from datamodules.annotations import AnnotationError
 
     try:
-        args.func(args)
-    except (AnnotationError, FileNotFoundError, FileExistsError) as e:
+        if argv and argv[0] in LIGHTNING_COMMANDS:  # a LightningCLI of its own
+            from lightning_modules.cli import run
+
+            run(argv)
+        else:
+            args = build_parser().parse_args(argv)
+            args.func(args)
+    except (AnnotationError, ConfigError, FileNotFoundError, FileExistsError) as e:
         # bad input: one clear line naming the file (and line), no traceback
         print(f"affbench: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -92,7 +92,7 @@ class AbawDataModule(L.LightningDataModule):
         self.bad_files: Counter[str] = Counter()  # unreadable frames met so far (main process)
 
     # -- data -----------------------------------------------------------------------------------
-    def _test_list(self) -> Path | None:
+    def test_list_file(self) -> Path | None:
         if self.hparams.test_list:
             return Path(self.hparams.test_list)
         from datamodules.synth import test_list_path
@@ -104,7 +104,7 @@ class AbawDataModule(L.LightningDataModule):
         if split not in self.indexes:
             kw = dict(annotations=self.hparams.annotations, cache_dir=self.hparams.cache_dir)
             if split == TEST_SPLIT:
-                test_list = self._test_list()
+                test_list = self.test_list_file()
                 if test_list is None:
                     raise FileNotFoundError(
                         f"no test list: pass test_list (the organisers' example file); "

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from affbench.errors import ConfigError
+
 SPLITS = ("Train_Set", "Validation_Set")
 TEST_SPLIT = "Test_Set"  # labels of the test videos, where a user has them (the synthetic set does)
 
@@ -76,7 +78,7 @@ def get_task(name: str) -> TaskSpec:
     try:
         return _TASKS[name]
     except KeyError:
-        raise ValueError(f"unknown task {name!r}; tasks are: {', '.join(_TASKS)}") from None
+        raise ConfigError(f"unknown task {name!r}; tasks are: {', '.join(_TASKS)}") from None
 
 
 def parse_tasks(tasks: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:

@@ -16,6 +16,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from affbench.errors import ConfigError
+
 FREEZE_MODES = ("none", "stem", "all_but_last", "all")
 _UNGROUPED = 99999  # timm gives parameters after the last stage (a conv head) this group id
 
@@ -40,7 +42,7 @@ def check_backbone(name: str) -> None:
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:12]
         hint = f"; similar: {', '.join(close)}" if close else ""
-        raise ValueError(
+        raise ConfigError(
             f"unknown backbone {name!r}: any timm model name works "
             f"(affbench lists them with timm.list_models()){hint}"
         )

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from affbench.errors import ConfigError
 from lightning_modules.backbone import FeatureSpec
 
 _HEADS: dict[str, Callable[..., nn.Module]] = {}
@@ -33,7 +34,7 @@ def list_heads() -> list[str]:
 def create_head(name: str, spec: FeatureSpec, seq_len: int, **settings) -> nn.Module:
     """Build a registered head; an unknown name is an error listing the names that exist."""
     if name not in _HEADS:
-        raise ValueError(f"unknown head {name!r}; heads are: {', '.join(_HEADS)}")
+        raise ConfigError(f"unknown head {name!r}; heads are: {', '.join(_HEADS)}")
     return _HEADS[name](spec, seq_len, **settings)
 
 

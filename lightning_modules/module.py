@@ -1,0 +1,211 @@
+"""``AffectModule``: any timm backbone x any temporal head x any ABAW task(s), one LightningModule.
+
+Frames (B, T, 3, H, W) -> encoder (per-tap maps, pooled vectors) -> temporal head (B, T, D)
+-> dropout -> one linear layer per task (B, T, K). It takes plain values only, so
+``save_hyperparameters()`` records the whole experiment and ``AffectModule.load_from_checkpoint``
+needs nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from torch import nn
+
+from lightning_modules.backbone import FrameEncoder, backbone_norm
+from lightning_modules.heads import create_head
+from lightning_modules.objectives import OUTPUTS, activate, parse_model_tasks, task_loss
+from lightning_modules.scoring import (
+    FramePredictions,
+    metric_key,
+    score_split,
+    tune_au_thresholds,
+)
+
+
+class AffectModule(L.LightningModule):
+    """Args (all plain values):
+    backbone: a timm model name. pretrained: None or a local checkpoint file.
+    freeze: none | stem | all_but_last | all. head: a registered head name; head_kwargs its
+    settings (e.g. ``{"levels": 2, "token_mixer": "factorized"}``).
+    tasks: any of va, expr, au, emi (``"va,au"`` or a list); multi-task losses are summed
+    with ``task_weights``.
+    seq_len, img_size: T and the input size (linked to the datamodule by the CLI).
+    dropout: before the output layers. va_loss: ccc | mse. expr_loss: focal | ce.
+    au_loss: focal | bce. focal_gamma, au_focal_alpha, label_smoothing (EXPR),
+    expr_class_weights (8 floats), au_pos_weight (12 floats).
+    lr, weight_decay, warmup_epochs: AdamW with a linear warm-up (in epochs, fractions
+    allowed). scheduler: cosine (to zero over the run) | cosine_restarts (period
+    ``restart_epochs``) | none.
+    tune_au_thresholds: choose per-AU thresholds on validation (logged as au_f1_tuned; the
+    official au_f1 stays at 0.5) and use them for predictions.
+    init_from: where the initial weights came from (checkpoints keep it, for the record).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "mobilenetv4_conv_small",
+        head: str = "mixer3",
+        head_kwargs: dict | None = None,
+        tasks: list[str] | str = "va",
+        seq_len: int = 32,
+        img_size: int = 112,
+        pretrained: str | None = None,
+        freeze: str = "stem",
+        dropout: float = 0.3,
+        va_loss: str = "ccc",
+        expr_loss: str = "focal",
+        au_loss: str = "focal",
+        focal_gamma: float = 2.0,
+        au_focal_alpha: float = 0.75,
+        label_smoothing: float = 0.1,
+        expr_class_weights: list[float] | None = None,
+        au_pos_weight: list[float] | None = None,
+        task_weights: dict[str, float] | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 2e-5,
+        warmup_epochs: float = 0.5,
+        scheduler: str = "cosine",
+        restart_epochs: int = 3,
+        tune_au_thresholds: bool = False,
+        init_from: str | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.tasks = parse_model_tasks(tasks)
+        if scheduler not in ("cosine", "cosine_restarts", "none"):
+            raise ValueError(
+                f"scheduler must be cosine, cosine_restarts or none, got {scheduler!r}"
+            )
+        self.encoder = FrameEncoder(
+            backbone, img_size=img_size, pretrained=pretrained, freeze=freeze
+        )
+        self.head = create_head(head, self.encoder.spec, seq_len, **(head_kwargs or {}))
+        self.dropout = nn.Dropout(dropout)
+        self.outputs = nn.ModuleDict(
+            {t: nn.Linear(self.head.out_dim, OUTPUTS[t]) for t in self.tasks}
+        )
+        self.mean, self.std = backbone_norm(backbone)  # what the datamodule must normalise with
+        for name, values, n in (
+            ("expr_class_weights", expr_class_weights, 8),
+            ("au_pos_weight", au_pos_weight, 12),
+        ):
+            if values is not None and len(values) != n:
+                raise ValueError(f"{name} needs {n} values, got {len(values)}")
+            self.register_buffer(
+                name, torch.tensor(values, dtype=torch.float32) if values else None
+            )
+        self.register_buffer("au_thresholds", torch.full((OUTPUTS["au"],), 0.5))
+        self.task_weights = {t: float((task_weights or {}).get(t, 1.0)) for t in self.tasks}
+        self.frames = nn.ModuleDict({s: FramePredictions(self.tasks) for s in ("val", "test")})
+
+    def forward(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, T, 3, H, W) normalised frames -> {task: (B, T, K) raw outputs}."""
+        maps, pooled = self.encoder(frames)
+        x = self.dropout(self.head(maps, pooled))
+        return {t: layer(x) for t, layer in self.outputs.items()}
+
+    def _losses(self, raw: dict, batch: dict) -> dict[str, torch.Tensor]:
+        hp = self.hparams
+        kinds = {"va": hp.va_loss, "expr": hp.expr_loss, "au": hp.au_loss, "emi": "mse"}
+        return {
+            t: task_loss(
+                t,
+                raw[t],
+                batch["targets"][t],
+                batch["valid"][t],
+                kinds[t],
+                gamma=hp.focal_gamma,
+                alpha=hp.au_focal_alpha,
+                label_smoothing=hp.label_smoothing,
+                class_weights=self.expr_class_weights,
+                pos_weight=self.au_pos_weight,
+            )
+            for t in self.tasks
+        }
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        losses = self._losses(self(batch["frames"]), batch)
+        loss = sum(self.task_weights[t] * v for t, v in losses.items())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {self.global_step}")
+        b = batch["frames"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=b)
+        for t, v in losses.items():
+            self.log(f"train/{t}_loss", v, batch_size=b)
+        return loss
+
+    def _eval_step(self, stage: str, batch: dict) -> None:
+        raw = self(batch["frames"])
+        preds = {t: activate(t, v) for t, v in raw.items()}
+        self.frames[stage].update(
+            batch["video"], batch["frame"], batch["pad"], preds, batch["targets"], batch["valid"]
+        )
+        loss = sum(self.task_weights[t] * v for t, v in self._losses(raw, batch).items())
+        self.log(f"{stage}/loss", loss, batch_size=batch["frames"].shape[0], sync_dist=True)
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        merged = self.frames[stage].compute()  # gathered from all ranks, merged per frame
+        self.frames[stage].reset()
+        if (
+            stage == "val"
+            and self.hparams.tune_au_thresholds
+            and "au" in merged
+            and len(merged["au"][1])
+        ):
+            self.au_thresholds = tune_au_thresholds(merged["au"][1], merged["au"][2]).float()
+        tuned = self.au_thresholds if self.hparams.tune_au_thresholds else None
+        for name, value in score_split(merged, tuned).items():
+            self.log(metric_key(stage, name), value, prog_bar=name == "score", rank_zero_only=False)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """Per-frame predictions (activated) with their keys, for a submission file."""
+        preds = {t: activate(t, v).float().cpu() for t, v in self(batch["frames"]).items()}
+        return {
+            "video": batch["video"],
+            "frame": batch["frame"].cpu(),
+            "pad": batch["pad"].cpu(),
+            "preds": preds,
+        }
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        if hp.scheduler == "none":
+            return opt
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        per_epoch = max(total // max(self.trainer.max_epochs or 1, 1), 1)
+        warmup = int(hp.warmup_epochs * per_epoch)
+        period = max(hp.restart_epochs * per_epoch, 1)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            s = step - warmup
+            if hp.scheduler == "cosine_restarts":
+                return 0.5 * (1 + math.cos(math.pi * (s % period) / period))
+            return 0.5 * (1 + math.cos(math.pi * min(s / max(total - warmup, 1), 1.0)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # the weights are in the checkpoint: loading it must not need the initial file any more
+        hp = checkpoint.get("hyper_parameters", {})
+        if hp.get("pretrained"):
+            hp["init_from"], hp["pretrained"] = hp["pretrained"], None

@@ -1,0 +1,82 @@
+"""The challenge's ``predictions.txt``: one row for every frame of the organisers' test list.
+
+Predictions of a frame seen by several clips are averaged; a listed frame without a prediction
+(its video's clips never reached it) takes the nearest predicted frame of the same video.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from datamodules.index import read_test_list
+from datamodules.tasks import AU_NAMES, EXPR_NAMES, get_task
+from lightning_modules.scoring import FRAME_SPAN, frame_keys, merge_by_key, video_hash
+
+
+def merged_predictions(outputs: list[dict], task: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """predict_step outputs -> (sorted unique keys (M,), mean predictions (M, K))."""
+    keys = torch.cat([frame_keys(o["video"], o["frame"])[~o["pad"]] for o in outputs])
+    values = torch.cat([o["preds"][task][~o["pad"]] for o in outputs])
+    uniq, mean = merge_by_key(keys, values)
+    return uniq, mean
+
+
+def lookup_nearest(uniq: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
+    """For each wanted key, the index in sorted ``uniq`` of the same key, else of the nearest
+    frame of the same video (ties: the earlier frame); -1 where the video has no prediction."""
+    u, w = uniq.numpy(), wanted.numpy()
+    pos = np.searchsorted(u, w)
+    lo, hi = np.clip(pos - 1, 0, len(u) - 1), np.clip(pos, 0, len(u) - 1)
+    same_lo = (u[lo] // FRAME_SPAN == w // FRAME_SPAN) & (u[lo] <= w)
+    same_hi = u[hi] // FRAME_SPAN == w // FRAME_SPAN
+    exact = u[hi] == w
+    use_hi = exact | (same_hi & (~same_lo | (u[hi] - w < w - u[lo])))
+    return torch.from_numpy(np.where(use_hi, hi, np.where(same_lo, lo, -1)))
+
+
+def write_submission(
+    outputs: list[dict],
+    test_list: Path | str,
+    out_dir: Path | str,
+    tasks: tuple[str, ...],
+    au_thresholds: torch.Tensor | None = None,
+) -> list[Path]:
+    """Write ``out_dir/<Challenge>/predictions.txt`` for each frame task; returns the paths."""
+    listed = read_test_list(Path(test_list))
+    locs = [f"{v}/{f:05d}.jpg" for v, f in zip(listed["video"], listed["frame"], strict=True)]
+    wanted = torch.tensor(
+        [
+            video_hash(v) * FRAME_SPAN + int(f)
+            for v, f in zip(listed["video"], listed["frame"], strict=True)
+        ]
+    )
+    written = []
+    for task in tasks:
+        if task not in ("va", "expr", "au"):
+            continue  # EMI is judged per video on another dataset
+        uniq, pred = merged_predictions(outputs, task)
+        idx = lookup_nearest(uniq, wanted)
+        if (idx < 0).any():
+            missing = sorted({locs[i].split("/")[0] for i in torch.flatnonzero(idx < 0).tolist()})
+            raise ValueError(f"no prediction for any frame of video(s) {', '.join(missing[:5])}")
+        p = pred[idx]
+        if task == "va":
+            header, rows = "valence,arousal", [f"{a:.4f},{b:.4f}" for a, b in p.tolist()]
+        elif task == "expr":
+            header, rows = ",".join(EXPR_NAMES), [str(c) for c in p.argmax(-1).tolist()]
+        else:
+            thr = au_thresholds if au_thresholds is not None else torch.full((len(AU_NAMES),), 0.5)
+            hard = (p > thr.to(p)).int()
+            header, rows = ",".join(AU_NAMES), [",".join(map(str, r)) for r in hard.tolist()]
+        path = Path(out_dir) / get_task(task).challenge / "predictions.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lines = [
+            f"image_location,{header}",
+            *(f"{loc},{r}" for loc, r in zip(locs, rows, strict=True)),
+        ]
+        path.write_text("\n".join(lines) + "\n")
+        written.append(path)
+    return written
