@@ -1,9 +1,10 @@
 """The official ABAW measures, computed frame-exact, and the metric keys (defined here, once).
 
 During validation and test every frame's prediction is kept with its key (video, frame number).
-At the end, across all ranks: predictions of a frame seen by several clips (overlapping windows,
-or a sample duplicated by a distributed sampler) are averaged into one; padding never enters;
-unannotated frames are dropped per task. Then, over all annotated frames of the split pooled:
+At the end, across all ranks: a clip seen twice (a distributed sampler repeats samples to even
+out its shards) counts once; predictions of a frame seen by several clips (overlapping windows)
+are averaged into one; padding never enters; unannotated frames are dropped per task. Then,
+over all annotated frames of the split pooled:
 
 * VA: CCC of valence and of arousal (population moments) and their mean;
 * EXPR: macro F1 over the classes (torchmetrics; a class absent from both targets and
@@ -73,6 +74,7 @@ class FramePredictions(Metric):
         super().__init__()
         self.tasks = tuple(tasks)
         self.add_state("key", default=[], dist_reduce_fx="cat")
+        self.add_state("clip", default=[], dist_reduce_fx="cat")  # key of the clip's first frame
         for t in self.tasks:
             for kind in ("pred", "target", "valid"):
                 self.add_state(f"{kind}_{t}", default=[], dist_reduce_fx="cat")
@@ -88,7 +90,9 @@ class FramePredictions(Metric):
     ) -> None:
         """videos (B,), frames/pad (B, T), preds/targets (B, T, K) activated, valid (B, T)."""
         keep = ~pad
-        self.key.append(frame_keys(videos, frames)[keep])
+        keys = frame_keys(videos, frames)
+        self.key.append(keys[keep])
+        self.clip.append(keys[:, :1].expand_as(keys)[keep])
         for t in self.tasks:
             getattr(self, f"pred_{t}").append(preds[t][keep].detach().float())
             getattr(self, f"target_{t}").append(targets[t][keep].float())
@@ -98,11 +102,16 @@ class FramePredictions(Metric):
         """task -> (keys (M,), merged predictions (M, K), targets (M, K)) of annotated frames."""
         if not self.key:
             raise RuntimeError("no frame was scored: the evaluation split gave no batch")
-        keys = dim_zero_cat(self.key)
+        keys, clips = dim_zero_cat(self.key), dim_zero_cat(self.clip)
+        # one row per distinct (frame, clip): a repeated clip is the same prediction again
+        _, inv = torch.unique(torch.stack([keys, clips], 1), dim=0, return_inverse=True)
+        first = torch.full((int(inv.max()) + 1,), len(inv), dtype=torch.long, device=inv.device)
+        first = first.scatter_reduce(0, inv, torch.arange(len(inv), device=inv.device), "amin")
+        keys = keys[first]
         out = {}
         for t in self.tasks:
             pred, target, valid = (
-                dim_zero_cat(getattr(self, f"{k}_{t}")) for k in ("pred", "target", "valid")
+                dim_zero_cat(getattr(self, f"{k}_{t}"))[first] for k in ("pred", "target", "valid")
             )
             uniq, pred, target, valid = merge_by_key(keys, pred, target, valid)
             annotated = valid[:, 0] > 0
