@@ -7,24 +7,26 @@ normalisation from the backbone's own timm config. Checkpointing and early stopp
 
 from __future__ import annotations
 
+import timm
 import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-from datamodules.abaw import AbawDataModule
+from datamodules.abaw import IMAGENET_MEAN, IMAGENET_STD, AbawDataModule
 from lightning_modules.backbone import backbone_norm
 from lightning_modules.module import AffectModule
 from lightning_modules.scoring import MONITOR
 from lightning_modules.submission import write_submission
 
 
+# An unknown backbone is left for the model to reject, in one line; a link would wrap the error.
 def _mean(backbone: str) -> tuple[float, ...]:
-    return backbone_norm(backbone)[0]
+    return backbone_norm(backbone)[0] if timm.is_model(backbone) else IMAGENET_MEAN
 
 
 def _std(backbone: str) -> tuple[float, ...]:
-    return backbone_norm(backbone)[1]
+    return backbone_norm(backbone)[1] if timm.is_model(backbone) else IMAGENET_STD
 
 
 class AffbenchCLI(LightningCLI):
