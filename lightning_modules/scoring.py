@@ -100,7 +100,7 @@ class FramePredictions(Metric):
 
     def compute(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """task -> (keys (M,), merged predictions (M, K), targets (M, K)) of annotated frames."""
-        if not self.key:
+        if isinstance(self.key, list) and not self.key:  # after a sync it is one tensor
             raise RuntimeError("no frame was scored: the evaluation split gave no batch")
         keys, clips = dim_zero_cat(self.key), dim_zero_cat(self.clip)
         # one row per distinct (frame, clip): a repeated clip is the same prediction again

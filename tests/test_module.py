@@ -227,3 +227,33 @@ def test_cli_fit_and_one_line_errors(synth_root, tmp_path):
         assert r.returncode == 2
         assert r.stderr.strip().splitlines()[-1].startswith("affbench: error: " + words)
         assert "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_ddp_scores_every_frame_once(synth_root, tmp_path):
+    """Validation on two gloo processes gives the single-process measures: predictions are
+    gathered across ranks and merged per frame (overlapping windows and the sampler's repeats)."""
+    import json
+    from pathlib import Path
+
+    model, data = _pair(synth_root, "va,expr,au", head="gru")
+    trainer = _trainer(tmp_path, fast_dev_run=False, max_steps=2, limit_val_batches=1)
+    trainer.fit(model, data)
+    ckpt = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(ckpt)
+    script = Path(__file__).with_name("ddp_validate.py")
+    results = []
+    for devices in (1, 2):
+        out = tmp_path / f"m{devices}.json"
+        r = subprocess.run(
+            [sys.executable, str(script), str(synth_root), str(ckpt), str(out), str(devices)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+        results.append(json.loads(out.read_text()))
+    single, ddp = results
+    assert single["world_size"] == 1 and ddp["world_size"] == 2
+    for k in ("val/va_ccc", "val/expr_f1", "val/au_f1", "val/score"):
+        assert ddp[k] == pytest.approx(single[k], abs=1e-6), k
