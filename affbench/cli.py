@@ -62,6 +62,24 @@ def _data_bench_loader(args: argparse.Namespace) -> None:
     _print_rows(rows, args.format)
 
 
+def _bench_learning(args: argparse.Namespace) -> None:
+    from lightning_modules.bench import bench_learning
+
+    rows = bench_learning(
+        args.root,
+        args.heads.split(","),
+        args.backbone,
+        args.seq_len,
+        args.img_size,
+        args.epochs,
+        args.batch_size,
+        args.lr,
+        args.workers,
+        args.seed,
+    )
+    _print_rows(rows, args.format)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="affbench",
@@ -106,6 +124,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=4000, help="frames per measurement")
     p.add_argument("--format", **fmt)
     p.set_defaults(func=_data_bench_loader)
+
+    p = sub.add_parser("bench-learning", help="train heads for the same budget, score val and test")
+    p.add_argument("--root", default="data/synthetic")
+    p.add_argument("--heads", default="frame,gru,mixer3")
+    p.add_argument("--backbone", default="mobilenetv4_conv_small")
+    p.add_argument("--seq-len", type=int, default=16)
+    p.add_argument("--img-size", type=int, default=112)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", **fmt)
+    p.set_defaults(func=_bench_learning)
     return parser
 
 
