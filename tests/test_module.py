@@ -257,3 +257,51 @@ def test_ddp_scores_every_frame_once(synth_root, tmp_path):
     assert single["world_size"] == 1 and ddp["world_size"] == 2
     for k in ("val/va_ccc", "val/expr_f1", "val/au_f1", "val/score"):
         assert ddp[k] == pytest.approx(single[k], abs=1e-6), k
+
+
+def test_cli_config_links_and_submission(synth_root, tmp_path):
+    from lightning_modules.cli import AffbenchCLI
+
+    cli = AffbenchCLI(
+        AffectModule,
+        AbawDataModule,
+        run=False,
+        args=[
+            "--config=lightning_modules/configs/paper_mixer3.yaml",
+            f"--data.root={synth_root}",
+            f"--trainer.default_root_dir={tmp_path}",
+        ],
+    )
+    # the data follows the model: tasks, T, size and the backbone's own normalisation
+    data = cli.datamodule.hparams
+    assert (data.seq_len, data.img_size, data.tasks) == (32, 224, "va")
+    assert tuple(data.mean) == backbone_norm("mobilenetv4_conv_small")[0] == cli.model.mean
+    assert data.per_frame_augment and cli.model.hparams.scheduler == "cosine_restarts"
+    monitors = {c.monitor for c in cli.trainer.callbacks if hasattr(c, "monitor")}
+    assert monitors == {MONITOR}
+    base = [sys.executable, "-m", "affbench.cli"]
+    out = tmp_path / "sub"
+    r = subprocess.run(
+        [
+            *base,
+            "predict",
+            f"--model.backbone={TINY}",
+            "--model.head=frame",
+            "--model.seq_len=8",
+            "--model.tasks=va,au",
+            f"--data.root={synth_root}",
+            "--data.num_workers=0",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.logger=false",
+            f"--submission={out}",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = (out / "VA_Estimation_Challenge" / "predictions.txt").read_text().splitlines()
+    assert rows[0] == "image_location,valence,arousal"
+    assert len(rows) - 1 == len(
+        read_test_list(synth_root / "test_set_examples" / "VA_test_set_example.txt")
+    )
+    assert (out / "AU_Detection_Challenge" / "predictions.txt").exists()
