@@ -1,11 +1,13 @@
 """The challenge's ``predictions.txt``: one row for every frame of the organisers' test list.
 
 Predictions of a frame seen by several clips are averaged; a listed frame without a prediction
-(its video's clips never reached it) takes the nearest predicted frame of the same video.
+(its video's clips never reached it) takes the nearest predicted frame of the same video, and a
+video without any prediction (no face image at all) the split's mean prediction, with a warning.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,8 @@ import torch
 from datamodules.index import read_test_list
 from datamodules.tasks import AU_NAMES, EXPR_NAMES, get_task
 from lightning_modules.scoring import FRAME_SPAN, frame_keys, merge_by_key, video_hash
+
+log = logging.getLogger(__name__)
 
 
 def merged_predictions(outputs: list[dict], task: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,10 +63,13 @@ def write_submission(
             continue  # EMI is judged per video on another dataset
         uniq, pred = merged_predictions(outputs, task)
         idx = lookup_nearest(uniq, wanted)
-        if (idx < 0).any():
+        p = pred[idx.clamp(min=0)]
+        if (idx < 0).any():  # a video with no image at all: the split's mean prediction, said aloud
             missing = sorted({locs[i].split("/")[0] for i in torch.flatnonzero(idx < 0).tolist()})
-            raise ValueError(f"no prediction for any frame of video(s) {', '.join(missing[:5])}")
-        p = pred[idx]
+            log.warning(
+                "no prediction for video(s) %s: writing the mean prediction", ", ".join(missing)
+            )
+            p[idx < 0] = pred.mean(0).to(p)
         if task == "va":
             header, rows = "valence,arousal", [f"{a:.4f},{b:.4f}" for a, b in p.tolist()]
         elif task == "expr":

@@ -305,3 +305,16 @@ def test_cli_config_links_and_submission(synth_root, tmp_path):
         read_test_list(synth_root / "test_set_examples" / "VA_test_set_example.txt")
     )
     assert (out / "AU_Detection_Challenge" / "predictions.txt").exists()
+
+
+def test_listed_frames_without_prediction_take_the_nearest():
+    from lightning_modules.scoring import FRAME_SPAN, video_hash
+    from lightning_modules.submission import lookup_nearest
+
+    a, b = video_hash("a") * FRAME_SPAN, video_hash("b") * FRAME_SPAN
+    uniq = torch.tensor(sorted([a + 2, a + 6, b + 10]))
+    wanted = torch.tensor(
+        [a + 1, a + 2, a + 4, a + 5, a + 9, b + 1, video_hash("c") * FRAME_SPAN + 1]
+    )
+    got = [int(uniq[i]) if i >= 0 else -1 for i in lookup_nearest(uniq, wanted).tolist()]
+    assert got == [a + 2, a + 2, a + 2, a + 6, a + 6, b + 10, -1]  # frame 4: a tie, the earlier
