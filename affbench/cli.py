@@ -80,6 +80,62 @@ def _bench_learning(args: argparse.Namespace) -> None:
     _print_rows(rows, args.format)
 
 
+def _profile(args: argparse.Namespace) -> None:
+    from lightning_modules.efficiency import ModelSpec, profile
+
+    if args.grid:
+        from ablations.grid import expand, load_grid
+
+        specs = {}
+        for run in expand(load_grid(args.grid)):
+            m = run["settings"].get("model", {})
+            spec = ModelSpec(
+                backbone=m.get("backbone", "mobilenetv4_conv_small"),
+                head=m.get("head", "mixer3"),
+                seq_len=m.get("seq_len", 32),
+                img_size=m.get("img_size", 112),
+                tasks=m.get("tasks", "va"),
+                head_kwargs=m.get("head_kwargs") or {},
+            )
+            specs.setdefault(spec.key(), spec)  # seeds and learning rates cost the same
+        specs = list(specs.values())
+    else:
+        specs = [
+            ModelSpec(
+                backbone=args.backbone,
+                head=args.head,
+                seq_len=args.seq_len,
+                img_size=args.img_size,
+                tasks=args.tasks,
+                head_kwargs=json.loads(args.head_kwargs),
+                classifier=args.classifier,
+            )
+        ]
+    rows = []
+    for spec in specs:
+        rows.append(
+            profile(
+                spec,
+                device=args.device,
+                batch=args.batch,
+                precision=args.precision,
+                threads=args.threads,
+                warmup=args.warmup,
+                runs=args.runs,
+                timing=not args.no_timing,
+            )
+        )
+        if args.grid:
+            print(
+                f"profiled {spec.backbone}+{spec.head} t{spec.seq_len} r{spec.img_size}",
+                file=sys.stderr,
+            )
+    if args.format == "json":
+        print(json.dumps(rows[0] if len(rows) == 1 else rows, indent=1))
+    else:
+        _print_rows(rows, args.format)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="affbench",
@@ -124,6 +180,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=4000, help="frames per measurement")
     p.add_argument("--format", **fmt)
     p.set_defaults(func=_data_bench_loader)
+
+    p = sub.add_parser("profile", help="params, MACs/FLOPs, latency, throughput, streaming, memory")
+    p.add_argument("--backbone", default="mobilenetv4_conv_small")
+    p.add_argument(
+        "--head", default="mixer3", help="a head name, or 'none' for the bare timm model"
+    )
+    p.add_argument("--head-kwargs", default="{}", help="head settings as JSON")
+    p.add_argument(
+        "--classifier", type=int, default=1000, help="with --head none: classes (0: none)"
+    )
+    p.add_argument("--tasks", default="va")
+    p.add_argument("--seq-len", type=int, default=32)
+    p.add_argument("--img-size", type=int, default=112)
+    p.add_argument("--batch", type=int, default=8, help="clips per batch for frames/s")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", choices=["32", "bf16"], default="32")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--no-timing", action="store_true", help="params and MACs only")
+    p.add_argument("--grid", default=None, help="an ablation YAML: profile each model of its grid")
+    p.add_argument("--format", choices=["text", "md", "csv", "json"], default="md")
+    p.set_defaults(func=_profile)
 
     p = sub.add_parser("bench-learning", help="train heads for the same budget, score val and test")
     p.add_argument("--root", default="data/synthetic")
