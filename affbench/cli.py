@@ -136,6 +136,76 @@ def _profile(args: argparse.Namespace) -> None:
         _print_rows(rows, args.format)
 
 
+def _override(cfg: dict, assignments: list[str]) -> None:
+    """``--set model.lr=0.001``-style overrides of an ablation's base settings (YAML values)."""
+    import yaml
+
+    for a in assignments:
+        key, sep, value = a.partition("=")
+        if not sep:
+            raise SystemExit(f"affbench: error: --set expects key=value, got {a!r}")
+        tree = cfg["base"]
+        *parents, leaf = key.split(".")
+        for p in parents:
+            tree = tree.setdefault(p, {})
+        tree[leaf] = yaml.safe_load(value)
+
+
+def _ablate(args: argparse.Namespace) -> None:
+    from ablations.grid import load_grid
+    from ablations.runner import run_grid, wandb_mode
+
+    cfg = load_grid(args.config)
+    _override(cfg, (args.set or []) + ([f"data.root={args.data_root}"] if args.data_root else []))
+    if args.dry_run:
+        print(run_grid(cfg, args.results, dry_run=True).to_markdown(index=False))
+        return
+    root = cfg["base"].get("data", {}).get("root", "data/synthetic")
+    if args.synth_if_missing and not Path(root).exists():
+        from datamodules.synth import generate
+
+        print(f"no data at {root}: writing the synthetic dataset there first")
+        generate(root)
+    df = run_grid(cfg, args.results, wandb_disabled=args.no_wandb, max_runs=args.max_runs)
+    folder = Path(args.results) / cfg["name"]
+    done, failed = int((df["status"] == "done").sum()), int((df["status"] == "failed").sum())
+    print(f"\n{cfg['name']}: {done} done, {failed} failed; results in {folder / 'results.csv'}")
+    if (folder / "table.md").exists():
+        print((folder / "table.md").read_text())
+        print(f"tables: {folder / 'table.md'}, {folder / 'table.tex'}")
+        print(f"frontier plot: {folder / 'frontier.png'}")
+    mode = wandb_mode(args.no_wandb)
+    if mode == "offline":
+        runs = folder / "wandb"
+        print(f"W&B runs (offline): {runs}; upload them with `wandb sync {runs}/offline-run-*`")
+    elif mode != "disabled":
+        print("W&B runs: project 'affbench', group " + repr(cfg["name"]))
+
+
+def _column(df, name: str) -> str:
+    for c in (name, f"model.{name}", f"data.{name}", f"val/{name}"):
+        if c in df.columns:
+            return c
+    raise SystemExit(
+        f"affbench: error: no column {name!r} in the results; columns: {', '.join(df.columns)}"
+    )
+
+
+def _table(args: argparse.Namespace) -> None:
+    from ablations.tables import read_results, render
+
+    df = read_results(args.results)
+    print(
+        render(
+            df,
+            _column(df, args.rows),
+            _column(df, args.cols),
+            _column(df, args.metric),
+            args.format,
+        )
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="affbench",
@@ -203,6 +273,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", default=None, help="an ablation YAML: profile each model of its grid")
     p.add_argument("--format", choices=["text", "md", "csv", "json"], default="md")
     p.set_defaults(func=_profile)
+
+    p = sub.add_parser("ablate", help="run an ablation grid: train, score, profile, log, tabulate")
+    p.add_argument("config", help="ablations/configs/<name>.yaml")
+    p.add_argument("--dry-run", action="store_true", help="list the combinations and their cost")
+    p.add_argument("--results", default="ablations/results")
+    p.add_argument("--data.root", dest="data_root", default=None, help="the data (e.g. Aff-Wild2)")
+    p.add_argument("--set", action="append", help="override a base setting: model.lr=0.0005")
+    p.add_argument("--no-wandb", action="store_true", help="no W&B runs at all")
+    p.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs")
+    p.add_argument(
+        "--synth-if-missing", action="store_true", help="write the synthetic data if absent"
+    )
+    p.set_defaults(func=_ablate)
+
+    p = sub.add_parser("table", help="a paper table from a results store")
+    p.add_argument("results", help="ablations/results/<name> (or its results.csv)")
+    p.add_argument("--rows", default="head")
+    p.add_argument("--cols", default="backbone")
+    p.add_argument("--metric", default="val/score")
+    p.add_argument("--format", choices=["md", "latex", "csv"], default="md")
+    p.set_defaults(func=_table)
 
     p = sub.add_parser("bench-learning", help="train heads for the same budget, score val and test")
     p.add_argument("--root", default="data/synthetic")

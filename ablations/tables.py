@@ -1,0 +1,123 @@
+"""Paper tables from a results store: mean +- std over seeds, the best of each column in bold,
+params and GMACs beside the measure, units in the header, a caption that states the conditions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+LOWER_IS_BETTER = ("loss",)  # a measure whose name holds one of these is minimised
+
+
+def read_results(path: str | Path) -> pd.DataFrame:
+    """A results store (its folder or its results.csv) as a DataFrame of the finished runs."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"no results store at {path}")
+    df = pd.read_csv(path)
+    return df[df["status"] == "done"].reset_index(drop=True)
+
+
+def _label(metric: str) -> str:
+    return metric.split("/", 1)[-1]
+
+
+def summarise(df: pd.DataFrame, rows: str, cols: str, metric: str) -> pd.DataFrame:
+    """One line per (rows, cols) pair: the measure's mean, std and seed count, params, GMACs."""
+    for c in (rows, cols, metric):
+        if c not in df.columns:
+            raise KeyError(f"results have no column {c!r}; they have: {', '.join(df.columns)}")
+    g = df.groupby([rows, cols], sort=False)
+    out = g[metric].agg(["mean", "std", "count"]).reset_index()
+    out["std"] = out["std"].fillna(0.0)
+    for c in ("params_total_m", "gmacs_per_frame"):
+        if c in df.columns:
+            out[c] = g[c].first().to_numpy()
+    return out
+
+
+def table_frame(
+    df: pd.DataFrame, rows: str, cols: str, metric: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(cells as text, a boolean frame marking the best cell of each measure column)."""
+    s = summarise(df, rows, cols, metric)
+    label = _label(metric)
+    row_order = list(dict.fromkeys(s[rows]))
+    col_order = list(dict.fromkeys(s[cols]))
+    text, best = {}, {}
+    lower = any(w in metric for w in LOWER_IS_BETTER)
+    for c in col_order:
+        part = s[s[cols] == c].set_index(rows).reindex(row_order)
+        name = (str(c), f"{label} (mean ± std)")
+        text[name] = [
+            "" if np.isnan(m) else f"{m:.3f} ± {sd:.3f}"
+            for m, sd in zip(part["mean"], part["std"], strict=True)
+        ]
+        target = part["mean"].min() if lower else part["mean"].max()
+        best[name] = list(part["mean"] == target)
+        if "params_total_m" in part:
+            text[(str(c), "Params (M)")] = [
+                f"{v:.2f}" if v == v else "" for v in part["params_total_m"]
+            ]
+            best[(str(c), "Params (M)")] = [False] * len(part)
+        if "gmacs_per_frame" in part:
+            text[(str(c), "GMACs / frame")] = [
+                f"{v:.3f}" if v == v else "" for v in part["gmacs_per_frame"]
+            ]
+            best[(str(c), "GMACs / frame")] = [False] * len(part)
+    index = pd.Index([str(r) for r in row_order], name=rows.split(".")[-1])
+    columns = pd.MultiIndex.from_tuples(list(text), names=[cols.split(".")[-1], ""])
+    return (
+        pd.DataFrame(list(zip(*text.values(), strict=True)), index=index, columns=columns),
+        pd.DataFrame(list(zip(*best.values(), strict=True)), index=index, columns=columns),
+    )
+
+
+def caption(df: pd.DataFrame, metric: str) -> str:
+    seeds = int(df["seed"].nunique()) if "seed" in df else 1
+    parts = [f"{_label(metric)}: mean ± std over {seeds} seed(s)."]
+    if "gmacs_per_frame" in df:
+        size = ", ".join(
+            sorted({str(v) for v in df.get("img_size", pd.Series(dtype=str)).dropna()})
+        )
+        t = ", ".join(sorted({str(v) for v in df.get("seq_len", pd.Series(dtype=str)).dropna()}))
+        parts.append(
+            f"MACs are multiply-accumulates (1 MAC = 2 FLOPs), per frame, at {size} px "
+            f"with clips of T = {t}."
+        )
+    if "latency_ms_median" in df and "device" in df:
+        dev = df["device"].iloc[0]
+        threads = df["threads"].iloc[0] if "threads" in df else "?"
+        parts.append(f"Latency: median per clip, batch 1, on {dev} with {threads} thread(s).")
+    return " ".join(parts)
+
+
+def render(df: pd.DataFrame, rows: str, cols: str, metric: str, fmt: str = "md") -> str:
+    """The table as Markdown, LaTeX (a ``table`` environment, via pandas' Styler) or CSV."""
+    text, best = table_frame(df, rows, cols, metric)
+    cap = caption(df, metric)
+    if fmt == "csv":
+        flat = text.copy()
+        flat.columns = [" ".join(c).strip() for c in flat.columns]
+        return flat.to_csv()
+    if fmt == "md":
+        bold = text.where(~best, "**" + text + "**")
+        bold.columns = [" ".join(c).strip() for c in bold.columns]
+        return bold.to_markdown() + f"\n\n{cap}\n"
+    if fmt == "latex":
+        styler = text.style.apply(lambda _: np.where(best, "font-weight: bold;", ""), axis=None)
+        return styler.to_latex(
+            caption=cap.replace("±", r"$\pm$"),
+            label=f"tab:{_label(metric)}",
+            hrules=True,
+            environment="table",
+            position_float="centering",
+            multicol_align="c",
+            convert_css=True,
+        ).replace("±", r"$\pm$")
+    raise ValueError(f"format must be md, latex or csv, got {fmt!r}")
