@@ -3,8 +3,9 @@
 The results store is ``<results>/<name>/results.csv``, one row per combination key, rewritten
 atomically after each combination: a finished key is skipped on the next run; an interrupted one
 (never written) runs again; a failing one (exception, NaN loss, out of memory) is written with
-its error and the grid goes on. Each combination is one W&B run (offline unless you are logged
-in or set WANDB_MODE), grouped by the ablation's name and finished before the next starts.
+its error and the grid goes on (``retry_failed`` runs it again next time). Each combination is
+one W&B run (offline unless you are logged in or set WANDB_MODE), grouped by the ablation's
+name and finished before the next starts.
 """
 
 from __future__ import annotations
@@ -203,9 +204,11 @@ def run_grid(
     wandb_disabled: bool = False,
     dry_run: bool = False,
     max_runs: int | None = None,
+    retry_failed: bool = False,
 ) -> pd.DataFrame:
-    """Run every combination not yet done; returns the results store. ``max_runs`` stops after
-    that many new combinations (the rest run on the next call)."""
+    """Run every combination not yet in the store (and the failed ones with ``retry_failed``);
+    returns the store. ``max_runs`` stops after that many combinations (the rest run on the
+    next call)."""
     runs = expand(cfg)
     folder = Path(results_root) / cfg["name"]
     store = ResultsStore(folder)
@@ -233,10 +236,19 @@ def run_grid(
             )
         return pd.DataFrame(rows)
     mode = wandb_mode(wandb_disabled)
+    os.environ.setdefault("WANDB_SILENT", "true")  # the grid's own bar and summary say enough
     status = store.status()
-    todo = [r for r in runs if status.get(r["key"]) != "done"]
-    done, failed = len(runs) - len(todo), 0
-    bar = tqdm(total=len(runs), initial=done, desc=cfg["name"], unit="run", dynamic_ncols=True)
+    skip = ("done",) if retry_failed else ("done", "failed")
+    todo = [r for r in runs if status.get(r["key"]) not in skip]
+    done = sum(status.get(r["key"]) == "done" for r in runs)
+    failed = sum(status.get(r["key"]) == "failed" for r in runs) if not retry_failed else 0
+    bar = tqdm(
+        total=len(runs),
+        initial=len(runs) - len(todo),
+        desc=cfg["name"],
+        unit="run",
+        dynamic_ncols=True,
+    )
     for i, r in enumerate(todo):
         if max_runs is not None and i >= max_runs:
             break
@@ -257,7 +269,7 @@ def run_grid(
                 "error": "",
             }
             done += 1
-        except (Exception, torch.cuda.OutOfMemoryError) as e:  # recorded; the grid goes on
+        except Exception as e:  # NaN loss, out of memory, bad settings: recorded, the grid goes on
             log.error("%s failed: %s", name, e)
             row = {
                 **base,

@@ -92,7 +92,7 @@ def caption(df: pd.DataFrame, metric: str) -> str:
         )
     if "latency_ms_median" in df and "device" in df:
         dev = df["device"].iloc[0]
-        threads = df["threads"].iloc[0] if "threads" in df else "?"
+        threads = f"{df['threads'].iloc[0]:g}" if "threads" in df else "?"
         parts.append(f"Latency: median per clip, batch 1, on {dev} with {threads} thread(s).")
     return " ".join(parts)
 

@@ -166,7 +166,13 @@ def _ablate(args: argparse.Namespace) -> None:
 
         print(f"no data at {root}: writing the synthetic dataset there first")
         generate(root)
-    df = run_grid(cfg, args.results, wandb_disabled=args.no_wandb, max_runs=args.max_runs)
+    df = run_grid(
+        cfg,
+        args.results,
+        wandb_disabled=args.no_wandb,
+        max_runs=args.max_runs,
+        retry_failed=args.retry_failed,
+    )
     folder = Path(args.results) / cfg["name"]
     done, failed = int((df["status"] == "done").sum()), int((df["status"] == "failed").sum())
     print(f"\n{cfg['name']}: {done} done, {failed} failed; results in {folder / 'results.csv'}")
@@ -282,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", help="override a base setting: model.lr=0.0005")
     p.add_argument("--no-wandb", action="store_true", help="no W&B runs at all")
     p.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs")
+    p.add_argument("--retry-failed", action="store_true", help="run failed combinations again")
     p.add_argument(
         "--synth-if-missing", action="store_true", help="write the synthetic data if absent"
     )

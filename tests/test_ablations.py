@@ -1,0 +1,174 @@
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from wandb_files import read_offline_run
+
+from ablations.frontier import frontier_plot, pareto_mask
+from ablations.grid import expand, load_grid
+from ablations.runner import ResultsStore, run_grid, run_name
+from ablations.tables import render, summarise
+from affbench.errors import ConfigError
+
+TINY = "mobilenetv4_conv_small_035"
+
+
+def _cfg(root, heads, seeds=(0,), **model):
+    return {
+        "name": "t",
+        "base": {
+            "model": {"backbone": TINY, "tasks": "va", "seq_len": 8, "img_size": 112, **model},
+            "data": {"root": str(root), "batch_size": 4, "num_workers": 0},
+            "trainer": {
+                "max_epochs": 1,
+                "limit_train_batches": 2,
+                "limit_val_batches": 2,
+                "limit_test_batches": 1,
+            },
+            "seed": 0,
+        },
+        "grid": {"model.head": list(heads), "seed": list(seeds)},
+    }
+
+
+def test_grid_expansion_and_keys(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text(
+        "name: g\nbase:\n  model: {backbone: resnet18, head: frame, seq_len: 8}\n  seed: 0\n"
+        "grid:\n  model.head: [frame, gru]\n  model.seq_len: [8, 16]\n  seed: [0, 1, 2]\n"
+    )
+    runs = expand(load_grid(path))
+    assert len(runs) == 12 and len({r["key"] for r in runs}) == 12
+    assert runs[0]["axes"] == {"model.head": "frame", "model.seq_len": 8, "seed": 0}
+    assert runs[-1]["settings"]["model"] == {"backbone": "resnet18", "head": "gru", "seq_len": 16}
+    assert run_name(runs[-1]["settings"]) == "resnet18+gru_t16_r112_s2"
+    assert expand(load_grid(path))[5]["key"] == runs[5]["key"]  # keys are stable
+    path.write_text("name: g\nbase: {}\ngrid:\n  seed: 3\n")
+    with pytest.raises(ConfigError, match="non-empty list"):
+        load_grid(path)
+
+
+def test_shipped_ablations_expand():
+    for name, n in (("quickstart", 6), ("temporal_heads", 24), ("backbones", 54), ("paper", 9)):
+        cfg = load_grid(f"ablations/configs/{name}.yaml")
+        assert len(expand(cfg)) == n, name
+
+
+@pytest.mark.slow
+def test_resume_failures_wandb_table_and_plot(synth_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    # seq_len 6 is not a multiple of the Mixer's tubelets: that combination fails, the rest go on
+    cfg = _cfg(synth_root, ["frame", "mixer1", "gru"], seq_len=8)
+    cfg["grid"]["model.seq_len"] = [8, 6]
+    results = tmp_path / "results"
+    first = run_grid(cfg, results, max_runs=2)
+    assert list(first["status"]) == ["done", "done"]
+    df = run_grid(cfg, results)
+    assert len(df) == 6 and df["key"].is_unique
+    failed = df[df["status"] == "failed"]
+    assert list(failed["run"]) == ["mobilenetv4_conv_small_035+mixer1_t6_r112_s0"]
+    assert "not divisible by the tubelet length" in failed["error"].iloc[0]
+    done = df[df["status"] == "done"]
+    assert (
+        len(done) == 5
+        and np.isfinite(done["val/score"]).all()
+        and (done["gmacs_per_frame"] > 0).all()
+    )
+    assert done["test/score"].notna().all()  # the synthetic test videos are labelled
+    # a third call runs nothing (finished keys are skipped; the failure stays recorded)
+    before = (results / "t" / "results.csv").read_text()
+    run_grid(cfg, results)
+    assert (results / "t" / "results.csv").read_text() == before
+
+    # W&B: one offline run per finished combination, plus the summary run, with their values
+    runs = [read_offline_run(d) for d in sorted((results / "t" / "wandb").glob("offline-run-*"))]
+    by_name = {r["name"]: r for r in runs}
+    assert set(by_name) == set(done["run"]) | {"t-summary"}  # the failure never built a model
+    for _, row in done.iterrows():
+        summary = by_name[row["run"]]["summary"]
+        assert by_name[row["run"]]["group"] == "t"
+        assert summary["val/score"] == pytest.approx(row["val/score"], abs=1e-6)
+        assert summary["gmacs_per_frame"] == pytest.approx(row["gmacs_per_frame"])
+        assert by_name[row["run"]]["config"]["key"] == row["key"]
+
+    # the reports beside the store
+    folder = results / "t"
+    assert (folder / "table.md").read_text().count("\n|") >= 3
+    assert "\\begin{table}" in (folder / "table.tex").read_text()
+    Image.open(folder / "frontier.png").verify()
+
+
+def _known_store():
+    rows = []
+    for head, gm, scores in (
+        ("frame", 0.05, [0.50, 0.52, 0.54]),
+        ("gru", 0.051, [0.60, 0.61, 0.62]),
+        ("mixer3", 0.062, [0.58, 0.55, 0.61]),
+    ):
+        for seed, s in enumerate(scores):
+            rows.append(
+                {
+                    "key": f"{head}{seed}",
+                    "run": f"m+{head}_t8_r112_s{seed}",
+                    "status": "done",
+                    "model.head": head,
+                    "model.backbone": "m",
+                    "seed": seed,
+                    "val/va_ccc": s,
+                    "params_total_m": 1.5,
+                    "gmacs_per_frame": gm,
+                    "img_size": 112,
+                    "seq_len": 8,
+                    "latency_ms_median": 10.0,
+                    "device": "cpu",
+                    "threads": 2,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_table_numbers_and_formats():
+    df = _known_store()
+    s = summarise(df, "model.head", "model.backbone", "val/va_ccc").set_index("model.head")
+    assert s.loc["frame", "mean"] == pytest.approx(0.52)
+    assert s.loc["frame", "std"] == pytest.approx(np.std([0.50, 0.52, 0.54], ddof=1))
+    assert s.loc["gru", "count"] == 3
+    md = render(df, "model.head", "model.backbone", "val/va_ccc", "md")
+    assert "**0.610 ± 0.010**" in md  # the best mean, in bold
+    assert "0.520 ± 0.020" in md and "**0.520" not in md
+    assert "Params (M)" in md and "GMACs / frame" in md and "1 MAC = 2 FLOPs" in md
+    tex = render(df, "model.head", "model.backbone", "val/va_ccc", "latex")
+    body = tex[tex.index("\\begin{tabular}") : tex.index("\\end{tabular}")]
+    assert tex.lstrip().startswith("\\begin{table}") and tex.rstrip().endswith("\\end{table}")
+    assert "\\caption{" in tex and "\\bfseries 0.610 $\\pm$ 0.010" in tex
+    ncols = len(re.search(r"\\begin\{tabular\}\{([^}]*)\}", body).group(1))
+    data_rows = [
+        ln
+        for ln in body.splitlines()
+        if ln.rstrip().endswith("\\\\") and ln.startswith(("frame", "gru", "mixer3"))
+    ]
+    assert len(data_rows) == 3 and all(ln.count("&") == ncols - 1 for ln in data_rows)
+    csv = render(df, "model.head", "model.backbone", "val/va_ccc", "csv")
+    assert csv.splitlines()[1].startswith("frame,0.520 ± 0.020,1.50,0.050")
+
+
+def test_pareto_and_plot(tmp_path):
+    cost = np.array([1.0, 2.0, 3.0, 2.5, 1.0])
+    score = np.array([0.5, 0.6, 0.7, 0.55, 0.4])
+    assert pareto_mask(cost, score).tolist() == [True, True, True, False, False]
+    df = pd.DataFrame({"val/score": score, "gmacs_per_frame": cost, "label": list("abcde")})
+    fig = frontier_plot(df, "val/score", tmp_path / "f.png")
+    assert len(fig.axes[0].collections[0].get_offsets()) == 5  # one point per model
+    assert Image.open(tmp_path / "f.png").size[0] > 100
+    assert fig.axes[0].get_xscale() == "log"
+
+
+def test_store_keeps_one_row_per_key(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.put({"key": "a", "status": "failed", "error": "x"})
+    store.put({"key": "b", "status": "done"})
+    store.put({"key": "a", "status": "done", "error": ""})
+    df = store.read()
+    assert list(df["key"]) == ["b", "a"] and store.status() == {"a": "done", "b": "done"}
