@@ -1,4 +1,5 @@
 # Set-up and the two entry points of README: `make demo` (the main job) and `make test`.
+# `make demo` writes the synthetic data if absent, then runs the quickstart ablation.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -15,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(BIN)/affbench data synth --out $(DATA)
+	$(BIN)/affbench ablate ablations/configs/quickstart.yaml --synth-if-missing
 
 lint: install
 	$(BIN)/ruff check .
@@ -31,6 +32,7 @@ format: install
 bench: install
 	$(BIN)/affbench data bench-index --format md
 	$(BIN)/affbench data bench-loader $(DATA) --format md
+	$(BIN)/affbench bench-learning --format md
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -212,6 +212,13 @@ def _table(args: argparse.Namespace) -> None:
     )
 
 
+def _bench_efficiency(args: argparse.Namespace) -> None:
+    from lightning_modules import efficiency_bench
+
+    rows = getattr(efficiency_bench, args.part)()
+    _print_rows(rows, args.format)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="affbench",
@@ -301,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default="val/score")
     p.add_argument("--format", choices=["md", "latex", "csv"], default="md")
     p.set_defaults(func=_table)
+
+    p = sub.add_parser("bench-efficiency", help="the README's cost tables: zoo, growth, overhead")
+    p.add_argument("part", choices=["zoo", "growth", "overhead"])
+    p.add_argument("--format", **fmt)
+    p.set_defaults(func=_bench_efficiency)
 
     p = sub.add_parser("bench-learning", help="train heads for the same budget, score val and test")
     p.add_argument("--root", default="data/synthetic")

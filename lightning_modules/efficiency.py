@@ -170,6 +170,7 @@ def static_costs(spec: ModelSpec, model: nn.Module | None = None) -> dict:
     if spec.head != "none":
         enc = count_macs(model.encoder, spec.example(1)[:, :1])
         head = macs - count_macs(model.encoder, spec.example(1))
+        row["head_gmacs_per_clip"] = round(head / 1e9, 5)
         row["stream_gmacs_per_new_frame"] = round((enc + head) / 1e9, 5)
     cache[key] = row
     path.parent.mkdir(parents=True, exist_ok=True)
