@@ -232,9 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = dsub.add_parser("synth", help="write a synthetic dataset in the ABAW layout")
     p.add_argument("--out", default="data/synthetic")
-    p.add_argument("--videos", type=int, default=40)
+    p.add_argument("--videos", type=int, default=64)
     p.add_argument(
-        "--frames", type=int, default=200, help="mean frames per video (each varies +-30%%)"
+        "--frames", type=int, default=140, help="mean frames per video (each varies +-30%%)"
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, help="processes rendering videos")

@@ -67,6 +67,7 @@ def smooth_noise(rng: np.random.Generator, n: int, scale: float, dims: int = 1) 
     x = rng.standard_normal((n + 2 * pad, dims))
     k = np.exp(-0.5 * (np.arange(-pad, pad + 1) / scale) ** 2)
     y = np.stack([np.convolve(x[:, j], k / k.sum(), mode="same") for j in range(dims)], 1)[pad:-pad]
+    y = y - y.mean(axis=0, keepdims=True)  # no per-video offset: the variation is within videos
     return y / (y.std(axis=0, keepdims=True) + 1e-8)
 
 
@@ -84,10 +85,10 @@ class VideoLatents:
 
 
 def latent_trajectories(rng: np.random.Generator, n: int) -> VideoLatents:
-    fps_scale = rng.uniform(40, 110)
-    v = np.tanh(0.9 * smooth_noise(rng, n, fps_scale)[:, 0] + rng.uniform(-0.3, 0.3))
-    a = np.tanh(0.9 * smooth_noise(rng, n, fps_scale * 0.8)[:, 0] + rng.uniform(-0.2, 0.4))
-    other = smooth_noise(rng, n, 60)[:, 0] > 1.5
+    fps_scale = rng.uniform(15, 35)  # frames: many independent VA states per video
+    v = np.tanh(0.9 * smooth_noise(rng, n, fps_scale)[:, 0] + rng.uniform(-0.15, 0.15))
+    a = np.tanh(0.9 * smooth_noise(rng, n, fps_scale * 0.8)[:, 0] + rng.uniform(-0.1, 0.2))
+    other = smooth_noise(rng, n, 30)[:, 0] > 1.5
 
     expr = np.zeros(n, np.int64)
     cur = int(np.argmin(((_PROTOTYPES - [v[0], a[0]]) ** 2).sum(1)))
@@ -170,7 +171,7 @@ def _unannotated(rng: np.random.Generator, n: int) -> np.ndarray:
     mask = np.zeros(n, bool)
     for _ in range(int(rng.integers(0, 3))):
         s = int(rng.integers(0, n))
-        mask[s : s + int(rng.integers(10, 60))] = True
+        mask[s : s + int(rng.integers(5, 30))] = True
     return mask
 
 
@@ -284,7 +285,7 @@ MARKER = ".affbench-synthetic"
 
 
 def generate(
-    out: Path | str, videos: int = 40, frames: int = 200, seed: int = 0, workers: int = 1
+    out: Path | str, videos: int = 64, frames: int = 140, seed: int = 0, workers: int = 1
 ) -> list[dict]:
     """Write the dataset under ``out`` (replacing an earlier synthetic set there, refusing any
     other non-empty folder); returns one summary dict per video."""

@@ -126,7 +126,7 @@ def render_face(
         d.polygon(px(_ellipse(side * 0.30, 0.20 - 0.07 * u["AU6"], 0.13, 0.08)), fill=rosy)
 
     # eyes: arousal opens them, AU7 and AU6 narrow them
-    eye_h = 0.06 * (0.45 + 0.8 * a01) * (1 - 0.5 * u["AU7"]) * (1 - 0.3 * u["AU6"])
+    eye_h = 0.06 * (0.3 + 1.1 * a01) * (1 - 0.5 * u["AU7"]) * (1 - 0.3 * u["AU6"])
     eye_h = max(eye_h, 0.008)
     for side in (-1, 1):
         ex, ey = side * ident.eye_gap, -0.12
@@ -157,9 +157,9 @@ def render_face(
     # mouth: valence and AU12/AU15 bend the corners, AU23/24 thin and narrow, AU25/26 open
     my = 0.45 + jaw
     w = 0.20 * (1 + 0.3 * u["AU12"] - 0.25 * u["AU24"] - 0.1 * u["AU23"])
-    lift = 0.07 * valence + 0.07 * u["AU12"] - 0.08 * u["AU15"]
+    lift = 0.12 * valence + 0.07 * u["AU12"] - 0.08 * u["AU15"]
     lip = 0.035 * (1 - 0.6 * u["AU23"]) * (1 - 0.4 * u["AU24"]) + 0.008
-    gap = 0.004 + 0.05 * u["AU25"] + 0.10 * u["AU26"] + 0.02 * a01
+    gap = 0.004 + 0.05 * u["AU25"] + 0.10 * u["AU26"] + 0.04 * a01
     raise_upper = 0.04 * u["AU10"]
     left = np.array([-w, my - lift - 0.05 * smirk])
     right = np.array([w, my - lift + 0.04 * smirk])

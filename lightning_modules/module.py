@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from datamodules.augment import normalize_frames
 from lightning_modules.backbone import FrameEncoder, backbone_norm
 from lightning_modules.heads import create_head
 from lightning_modules.objectives import OUTPUTS, activate, parse_model_tasks, task_loss
@@ -102,7 +103,10 @@ class AffectModule(L.LightningModule):
         self.frames = nn.ModuleDict({s: FramePredictions(self.tasks) for s in ("val", "test")})
 
     def forward(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(B, T, 3, H, W) normalised frames -> {task: (B, T, K) raw outputs}."""
+        """(B, T, 3, H, W) normalised float frames, or uint8 ones (normalised here with the
+        backbone's own mean/std) -> {task: (B, T, K) raw outputs}."""
+        if frames.dtype == torch.uint8:
+            frames = normalize_frames(frames, self.mean, self.std)
         maps, pooled = self.encoder(frames)
         x = self.dropout(self.head(maps, pooled))
         return {t: layer(x) for t, layer in self.outputs.items()}
