@@ -3,7 +3,7 @@
 What drives what (also in README, "The synthetic dataset"):
 
 * Per video, valence v(t) and arousal a(t) are smooth random trajectories in [-1, 1] (filtered
-  noise, time scales of seconds). They are the VA labels.
+  noise, time scales of 15 to 35 frames, centred per video). They are the VA labels.
 * The expression class follows the (v, a) state: the class whose prototype in the VA plane is
   nearest wins, but only once it beats the current class by a margin (hysteresis), so the
   class at a frame depends on the past. 'Other' is switched on by a separate slow latent and
