@@ -78,14 +78,17 @@ def table_frame(
     )
 
 
+def _values(df: pd.DataFrame, column: str) -> str:
+    """The distinct numbers of a column, '112, 224' (CSV round trips make ints floats)."""
+    return ", ".join(f"{v:g}" for v in sorted(set(df.get(column, pd.Series(dtype=float)).dropna())))
+
+
 def caption(df: pd.DataFrame, metric: str) -> str:
     seeds = int(df["seed"].nunique()) if "seed" in df else 1
     parts = [f"{_label(metric)}: mean ± std over {seeds} seed(s)."]
     if "gmacs_per_frame" in df:
-        size = ", ".join(
-            sorted({str(v) for v in df.get("img_size", pd.Series(dtype=str)).dropna()})
-        )
-        t = ", ".join(sorted({str(v) for v in df.get("seq_len", pd.Series(dtype=str)).dropna()}))
+        size = _values(df, "img_size")
+        t = _values(df, "seq_len")
         parts.append(
             f"MACs are multiply-accumulates (1 MAC = 2 FLOPs), per frame, at {size} px "
             f"with clips of T = {t}."
