@@ -173,3 +173,20 @@ def test_store_keeps_one_row_per_key(tmp_path):
     store.put({"key": "a", "status": "done", "error": ""})
     df = store.read()
     assert list(df["key"]) == ["b", "a"] and store.status() == {"a": "done", "b": "done"}
+
+
+def test_dry_run_lists_combinations_with_cost(tmp_path, capsys):
+    from affbench.cli import main
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text(
+        "name: g\nbase:\n"
+        f"  model: {{backbone: {TINY}, seq_len: 8, img_size: 112}}\n"
+        "  seed: 0\ngrid:\n  model.head: [frame, mixer3]\n  seed: [0, 1]\n"
+    )
+    main(["ablate", str(grid), "--dry-run", "--results", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ln.startswith("| ") and "key" not in ln]
+    assert len(lines) == 4 and all("todo" in ln for ln in lines)
+    assert "mobilenetv4_conv_small_035+mixer3_t8_r112_s1" in out
+    assert not (tmp_path / "r").exists()  # nothing trained, nothing written
