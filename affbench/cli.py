@@ -1,5 +1,6 @@
-"""``affbench``: the suite's one command. ``affbench data ...`` now; training, profiling,
-ablations, tables and sweeps join as their issues land."""
+"""``affbench``: the suite's one command: ``data`` (synth, info, benchmarks), ``fit``,
+``validate``, ``test``, ``predict`` (a LightningCLI), ``profile``, ``ablate``, ``table``,
+``bench-learning`` and ``bench-efficiency``. Sweeps join next."""
 
 from __future__ import annotations
 
