@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms.v2.functional import resize
 
 from datamodules.augment import ClipTransform
 from datamodules.clips import window_rows
@@ -127,9 +128,7 @@ class ClipDataset(Dataset):
             img, used[t] = loaded[row]
             pixels.append(img)
         shape = next((p.shape for p in pixels if p is not None), (3, 112, 112))
-        clip = torch.stack(
-            [p if p is not None else torch.zeros(shape, dtype=torch.uint8) for p in pixels]
-        )
+        clip = torch.stack([_fit(p, shape) for p in pixels])
 
         sample = {
             "frames": self.transform(clip),
@@ -165,6 +164,16 @@ class ClipDataset(Dataset):
             target = raw.astype(np.float32)
         target[~valid] = 0
         return torch.from_numpy(target), torch.from_numpy(valid)
+
+
+def _fit(img: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor:
+    """A frame in the clip's shape: black where a video has no image at all, resized where a
+    crop has another size than the clip's first (the Aff-Wild2 crops are all 112 x 112)."""
+    if img is None:
+        return torch.zeros(shape, dtype=torch.uint8)
+    if img.shape != shape:
+        return resize(img, list(shape[-2:]), antialias=True)
+    return img
 
 
 def collate_clips(samples: list[dict]) -> dict:

@@ -33,6 +33,21 @@ def test_corrupt_jpeg_is_replaced_counted_and_labels_stay(tmp_path):
     assert ds[0]["bad_files"] == []
 
 
+def test_a_crop_of_another_size_joins_its_clip(tmp_path):
+    import io
+
+    from PIL import Image
+
+    root = write_tree(tmp_path, {"v": [1, 2, 3]}, {("va", TR, "v"): va_text([(0.1, 0.1)] * 3)})
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (90, 90, 90)).save(buf, "JPEG")
+    (root / "cropped_aligned" / "v" / "00002.jpg").write_bytes(buf.getvalue())
+    idx = build_index(root, TR)
+    s = ClipDataset(idx, eval_windows(idx, 3, 3), ("va",), 3, ClipTransform(16))[0]
+    assert s["frames"].shape == (3, 3, 16, 16)
+    assert s["frames"][1].float().mean().item() == pytest.approx(90, abs=3)
+
+
 def test_augmentation_is_the_same_for_every_frame_unless_per_frame():
     torch.manual_seed(0)
     clip = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
