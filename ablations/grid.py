@@ -31,7 +31,10 @@ def load_grid(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ablation config {path} does not exist")
-    cfg = yaml.safe_load(path.read_text()) or {}
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:  # PyYAML's message holds the line and column
+        raise ConfigError(f"{path}: not valid YAML: {e}".replace("\n", " ")) from None
     unknown = set(cfg) - {"name", "description", "base", "grid"}
     if unknown or "base" not in cfg:
         raise ConfigError(f"{path}: expected keys name, description, base, grid; got {sorted(cfg)}")

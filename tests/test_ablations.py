@@ -48,6 +48,9 @@ def test_grid_expansion_and_keys(tmp_path):
     path.write_text("name: g\nbase: {}\ngrid:\n  seed: 3\n")
     with pytest.raises(ConfigError, match="non-empty list"):
         load_grid(path)
+    path.write_text("name: g\nbase:\n  model: {head: [frame\ngrid: {}\n")
+    with pytest.raises(ConfigError, match=r"g\.yaml: not valid YAML: .*line 3"):
+        load_grid(path)
 
 
 def test_shipped_ablations_expand():
