@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from affbench.errors import ConfigError
 from datamodules.augment import AugmentConfig, ClipTransform, normalize_frames
 from datamodules.clips import eval_windows, scored_mask, train_windows
 from datamodules.dataset import ClipDataset, collate_clips
@@ -79,7 +80,7 @@ class AbawDataModule(L.LightningDataModule):
         self.stride = stride or seq_len
         self.train_stride = train_stride or seq_len
         if not 1 <= self.stride <= seq_len:
-            raise ValueError(f"stride must be in 1..seq_len={seq_len}, got {self.stride}")
+            raise ConfigError(f"stride must be in 1..seq_len={seq_len}, got {self.stride}")
         self.augment = (
             AugmentConfig(
                 hflip, color_jitter, erasing=erasing, blur=blur, per_frame=per_frame_augment
@@ -146,7 +147,7 @@ class AbawDataModule(L.LightningDataModule):
             self.datasets["test"] = self._dataset(TEST_SPLIT, train=False)
         for name, ds in self.datasets.items():
             if len(ds) == 0:
-                raise ValueError(
+                raise ConfigError(
                     f"{name}: no clip of {self.seq_len} frames holds a label for tasks {self.tasks}"
                 )
 

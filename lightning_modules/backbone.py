@@ -74,7 +74,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: not a state dict of tensors")
+        raise ConfigError(f"{path}: not a state dict of tensors")
     return obj
 
 
@@ -103,7 +103,7 @@ def match_state_dict(state: dict[str, torch.Tensor], target: dict[str, torch.Ten
             parts.append(f"{len(missing)} missing keys: {', '.join(missing[:8])}")
         if wrong:
             parts.append(f"{len(wrong)} keys of another shape: {'; '.join(wrong[:8])}")
-        raise ValueError(f"checkpoint {path} does not fit the backbone: " + "; ".join(parts))
+        raise ConfigError(f"checkpoint {path} does not fit the backbone: " + "; ".join(parts))
     unused = [k for k in state if not k.startswith(prefix) or k[len(prefix) :] not in target]
     return {k: matched[k] for k in target}, unused
 
@@ -131,7 +131,7 @@ class FrameEncoder(nn.Module):
         super().__init__()
         check_backbone(name)
         if freeze not in FREEZE_MODES:
-            raise ValueError(f"freeze must be one of {FREEZE_MODES}, got {freeze!r}")
+            raise ConfigError(f"freeze must be one of {FREEZE_MODES}, got {freeze!r}")
         self.name = name
         self.model = timm.create_model(name, pretrained=False, features_only=True, out_indices=taps)
         self.unused_checkpoint_keys: list[str] = []

@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from affbench.errors import ConfigError
 from datamodules.augment import normalize_frames
 from lightning_modules.backbone import FrameEncoder, backbone_norm
 from lightning_modules.heads import create_head
@@ -77,7 +78,7 @@ class AffectModule(L.LightningModule):
         self.save_hyperparameters()
         self.tasks = parse_model_tasks(tasks)
         if scheduler not in ("cosine", "cosine_restarts", "none"):
-            raise ValueError(
+            raise ConfigError(
                 f"scheduler must be cosine, cosine_restarts or none, got {scheduler!r}"
             )
         self.encoder = FrameEncoder(
@@ -94,7 +95,7 @@ class AffectModule(L.LightningModule):
             ("au_pos_weight", au_pos_weight, 12),
         ):
             if values is not None and len(values) != n:
-                raise ValueError(f"{name} needs {n} values, got {len(values)}")
+                raise ConfigError(f"{name} needs {n} values, got {len(values)}")
             self.register_buffer(
                 name, torch.tensor(values, dtype=torch.float32) if values else None
             )

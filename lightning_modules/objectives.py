@@ -76,7 +76,7 @@ def task_loss(
 ) -> torch.Tensor:
     """One task's loss over the valid frames of a batch; 0 (with a graph) if there are none."""
     if kind not in LOSSES[task]:
-        raise ValueError(f"{task} loss must be one of {LOSSES[task]}, got {kind!r}")
+        raise ConfigError(f"{task} loss must be one of {LOSSES[task]}, got {kind!r}")
     raw, target = raw[valid].float(), target[valid].float()
     if raw.shape[0] == 0:
         return raw.sum() * 0.0
