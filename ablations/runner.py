@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ablations.frontier import frontier_plot
 from ablations.grid import expand
 from ablations.tables import render
-from lightning_modules.efficiency import ModelSpec, profile
+from lightning_modules.efficiency import ModelSpec, peak_rss_reset, proc_status, profile
 from lightning_modules.scoring import MONITOR
 
 log = logging.getLogger(__name__)
@@ -99,17 +99,13 @@ def _peak_memory_reset() -> float:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
         return torch.cuda.memory_allocated() / 2**20
-    from lightning_modules.efficiency import _peak_rss_reset
-
-    return _peak_rss_reset()
+    return peak_rss_reset()
 
 
 def _peak_memory() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
-    from lightning_modules.efficiency import _proc_status
-
-    return _proc_status("VmHWM")
+    return proc_status("VmHWM")
 
 
 def train_and_score(settings: dict, folder: Path, group: str, mode: str, key: str) -> dict:
@@ -167,9 +163,7 @@ def train_and_score(settings: dict, folder: Path, group: str, mode: str, key: st
         row = dict(trainer.validate(model, data, ckpt_path=best, verbose=False)[0])
         if _test_is_labelled(data):
             row.update(trainer.test(model, data, ckpt_path=best, verbose=False)[0])
-        spec = ModelSpec(
-            hp.backbone, hp.head, hp.seq_len, hp.img_size, hp.tasks, dict(hp.head_kwargs or {})
-        )
+        spec = ModelSpec.from_settings(dict(hp))
         cost = profile(spec, batch=1, warmup=2, runs=5)
         row.update({k: v for k, v in cost.items() if k not in ("backbone", "head", "tasks")})
         row.update(
@@ -215,15 +209,7 @@ def run_grid(
     if dry_run:
         rows = []
         for r in runs:
-            m = r["settings"].get("model", {})
-            spec = ModelSpec(
-                m.get("backbone", "mobilenetv4_conv_small"),
-                m.get("head", "mixer3"),
-                m.get("seq_len", 32),
-                m.get("img_size", 112),
-                m.get("tasks", "va"),
-                m.get("head_kwargs") or {},
-            )
+            spec = ModelSpec.from_settings(r["settings"].get("model", {}))
             cost = profile(spec, timing=False)
             rows.append(
                 {

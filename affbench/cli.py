@@ -89,15 +89,7 @@ def _profile(args: argparse.Namespace) -> None:
 
         specs = {}
         for run in expand(load_grid(args.grid)):
-            m = run["settings"].get("model", {})
-            spec = ModelSpec(
-                backbone=m.get("backbone", "mobilenetv4_conv_small"),
-                head=m.get("head", "mixer3"),
-                seq_len=m.get("seq_len", 32),
-                img_size=m.get("img_size", 112),
-                tasks=m.get("tasks", "va"),
-                head_kwargs=m.get("head_kwargs") or {},
-            )
+            spec = ModelSpec.from_settings(run["settings"].get("model", {}))
             specs.setdefault(spec.key(), spec)  # seeds and learning rates cost the same
         specs = list(specs.values())
     else:

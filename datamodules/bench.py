@@ -22,19 +22,22 @@ from datamodules.synth import ANNOTATIONS_DIR
 from datamodules.tasks import SPLITS, get_task
 
 
-def conditions() -> dict:
-    import pandas as pd
-
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what the platform module says."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def conditions() -> dict:
+    import pandas as pd
+
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "numpy": np.__version__,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import resource
 import statistics
 import time
@@ -28,6 +27,8 @@ import timm
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from datamodules.bench import cpu_name
 
 aten = torch.ops.aten
 
@@ -96,13 +97,21 @@ class ModelSpec:
     """An architecture: what its cost depends on (and nothing else). ``head="none"`` is the bare
     timm model with a ``classifier`` of that many classes (0: no classifier)."""
 
-    backbone: str
+    backbone: str = "mobilenetv4_conv_small"
     head: str = "mixer3"
     seq_len: int = 32
     img_size: int = 112
     tasks: str = "va"
     head_kwargs: dict = field(default_factory=dict)
     classifier: int = 0
+
+    @classmethod
+    def from_settings(cls, model: dict) -> ModelSpec:
+        """The architecture of an ablation's (or a sweep trial's) model settings."""
+        names = ("backbone", "head", "seq_len", "img_size", "tasks")
+        return cls(
+            **{k: model[k] for k in names if k in model}, head_kwargs=model.get("head_kwargs") or {}
+        )
 
     def key(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -220,16 +229,16 @@ class Streamer:
         return {t: layer(x[:, -1]) for t, layer in self.model.outputs.items()}
 
 
-def _peak_rss_reset() -> float:
+def peak_rss_reset() -> float:
     """Reset the kernel's peak-RSS mark (Linux) and return the current RSS in MiB."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
-        return _proc_status("VmRSS")
+        return proc_status("VmRSS")
     except OSError:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _proc_status(field_name: str) -> float:
+def proc_status(field_name: str) -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field_name + ":"):
             return int(line.split()[1]) / 1024
@@ -273,14 +282,14 @@ def profile(
             torch.cuda.reset_peak_memory_stats(dev)
             base = torch.cuda.memory_allocated(dev) / 2**20
         else:
-            base = _peak_rss_reset()  # growth from here, weights already resident
+            base = peak_rss_reset()  # growth from here, weights already resident
         with torch.no_grad(), autocast:
             lat = _timed(lambda: model(one), dev, warmup, runs)
             thr = _timed(lambda: model(many), dev, max(1, warmup // 2), max(3, runs // 2))
             peak = (
                 torch.cuda.max_memory_allocated(dev) / 2**20
                 if dev.type == "cuda"
-                else _proc_status("VmHWM")
+                else proc_status("VmHWM")
             )
             row.update(
                 latency_ms_median=round(1e3 * statistics.median(lat), 3),
@@ -297,20 +306,10 @@ def profile(
                     recompute_ms_per_new_frame=row["latency_ms_median"],
                 )
     row.update(
-        device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name(),
+        device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
         torch=torch.__version__,
         threads=torch.get_num_threads(),
         batch=batch,
         precision=precision,
     )
     return row
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
