@@ -33,11 +33,6 @@ class FeatureSpec:
     pooled_dim: int
 
 
-def list_backbones(pattern: str = "") -> list[str]:
-    """timm's model names (the names you pass), optionally filtered by a wildcard pattern."""
-    return timm.list_models(pattern or "*")
-
-
 def check_backbone(name: str) -> None:
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:12]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -64,7 +63,3 @@ def synth_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth")
     generate(root, videos=12, frames=60, seed=3)
     return root
-
-
-def level_of(frames_uint8_or_norm: np.ndarray) -> float:
-    return float(np.asarray(frames_uint8_or_norm, dtype=np.float64).mean())
