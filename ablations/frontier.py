@@ -28,16 +28,20 @@ def frontier_plot(
     cost: str = "gmacs_per_frame",
     label: str = "label",
     title: str = "",
+    front: str | None = None,
+    label_front_only: bool = False,
 ) -> plt.Figure:
     """Each model a labelled point (measure against cost, log x), the Pareto front drawn; saved
-    as PNG at ``out``. Returns the figure (its first collection holds one point per model)."""
+    as PNG at ``out``. Returns the figure (its first collection holds one point per model).
+    ``front`` names a boolean column that marks the front (else it is computed on these two
+    axes); ``label_front_only`` labels only its points (a sweep's hundreds of trials)."""
     d = df.dropna(subset=[metric, cost]).reset_index(drop=True)
-    front = pareto_mask(d[cost], d[metric])
+    front = d[front].to_numpy(bool) if front else pareto_mask(d[cost], d[metric])
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     ax.scatter(d[cost], d[metric], c=np.where(front, "tab:red", "tab:blue"), zorder=3)
     f = d[front].sort_values(cost)
     ax.step(f[cost], f[metric], where="post", color="tab:red", alpha=0.6, label="Pareto front")
-    for _, r in d.iterrows():
+    for _, r in (d[front] if label_front_only else d).iterrows():
         ax.annotate(
             str(r.get(label, "")),
             (r[cost], r[metric]),

@@ -108,9 +108,23 @@ def _peak_memory() -> float:
     return proc_status("VmHWM")
 
 
-def train_and_score(settings: dict, folder: Path, group: str, mode: str, key: str) -> dict:
-    """One combination: fit, score the best checkpoint on val (and test when labelled),
-    profile; returns the results row. Runs one W&B run, finished before returning."""
+def train_and_score(
+    settings: dict,
+    folder: Path,
+    group: str,
+    mode: str,
+    key: str,
+    *,
+    name: str | None = None,
+    config: dict | None = None,
+    callbacks: list | None = None,
+    cost: dict | None = None,
+) -> dict:
+    """One combination (or sweep trial): fit, score the best checkpoint on val (and test when
+    labelled), profile; returns the results row. Runs one W&B run, named ``name`` (default
+    :func:`run_name`) with ``config`` (default: the flattened settings), finished before
+    returning. ``callbacks`` join the checkpoint callback (a sweep's pruner); ``cost``, a row
+    already measured by ``efficiency.profile``, replaces the profiling step."""
     from lightning.pytorch.loggers import WandbLogger
 
     from datamodules.abaw import AbawDataModule
@@ -130,14 +144,13 @@ def train_and_score(settings: dict, folder: Path, group: str, mode: str, key: st
             "std": model.std,
         }
     )
-    name = run_name(settings)
     logger = WandbLogger(
         project=PROJECT,
         group=group,
-        name=name,
+        name=name or run_name(settings),
         save_dir=str(folder),
         mode=mode,
-        config={**_flat(settings), "key": key},
+        config={**(config if config is not None else _flat(settings)), "key": key},
         job_type="train",
     )
     ckpt = ModelCheckpoint(
@@ -152,7 +165,9 @@ def train_and_score(settings: dict, folder: Path, group: str, mode: str, key: st
         "precision": "bf16-mixed" if torch.cuda.is_available() else "32-true",
         **settings.get("trainer", {}),
     }
-    trainer = L.Trainer(logger=logger, callbacks=[ckpt], default_root_dir=folder, **trainer_kw)
+    trainer = L.Trainer(
+        logger=logger, callbacks=[ckpt, *(callbacks or [])], default_root_dir=folder, **trainer_kw
+    )
     try:
         base = _peak_memory_reset()
         t0 = time.perf_counter()
@@ -163,8 +178,8 @@ def train_and_score(settings: dict, folder: Path, group: str, mode: str, key: st
         row = dict(trainer.validate(model, data, ckpt_path=best, verbose=False)[0])
         if _test_is_labelled(data):
             row.update(trainer.test(model, data, ckpt_path=best, verbose=False)[0])
-        spec = ModelSpec.from_settings(dict(hp))
-        cost = profile(spec, batch=1, warmup=2, runs=5)
+        if cost is None:
+            cost = profile(ModelSpec.from_settings(dict(hp)), batch=1, warmup=2, runs=5)
         row.update({k: v for k, v in cost.items() if k not in ("backbone", "head", "tasks")})
         row.update(
             train_s=round(train_s, 1),

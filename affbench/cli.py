@@ -1,6 +1,6 @@
 """``affbench``: the suite's one command: ``data`` (synth, info, benchmarks), ``fit``,
 ``validate``, ``test``, ``predict`` (a LightningCLI), ``profile``, ``ablate``, ``table``,
-``bench-learning`` and ``bench-efficiency``. Sweeps join next."""
+``sweep``, ``frontier``, ``bench-learning``, ``bench-efficiency`` and ``bench-sweep``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import pandas as pd
+
+STUDIES_DIR = "sweeps/studies"  # SQLite studies, W&B runs and checkpoints of sweeps
 
 
 def _data_synth(args: argparse.Namespace) -> None:
@@ -181,6 +183,66 @@ def _ablate(args: argparse.Namespace) -> None:
         print("W&B runs: project 'affbench', group " + repr(cfg["name"]))
 
 
+def _sweep(args: argparse.Namespace) -> None:
+    from ablations.runner import wandb_mode
+    from sweeps.frontier import frontier_table, write_frontier
+    from sweeps.runner import budget, run_sweep
+    from sweeps.space import load_sweep
+    from sweeps.storage import default_storage
+
+    cfg = load_sweep(args.config)
+    _override(cfg, (args.set or []) + ([f"data.root={args.data_root}"] if args.data_root else []))
+    study = args.study or cfg["name"]
+    url = args.storage or default_storage(study, args.studies)
+    n_trials = args.n_trials or cfg["n_trials"]
+    root = cfg["base"].get("data", {}).get("root", "data/synthetic")
+    if args.synth_if_missing and not Path(root).exists():
+        from datamodules.synth import generate
+
+        print(f"no data at {root}: writing the synthetic dataset there first")
+        generate(root)
+    mode = wandb_mode(args.no_wandb)
+    out = Path(args.studies) / study
+    print(f"study {study!r} in {url}: {n_trials} trials, {args.workers} worker(s)")
+    st = run_sweep(cfg, url, study, n_trials, out, args.workers, args.timeout, mode)
+    trials = st.get_trials(deepcopy=False)
+    counts = {s: sum(t.state.name.lower() == s for t in trials) for s in ("complete", "pruned")}
+    failed = sum(t.state.name == "FAIL" for t in trials)
+    left = n_trials - budget(trials)["used"]
+    print(
+        f"\n{study}: {counts['complete']} finished, {counts['pruned']} pruned, {failed} failed"
+        + (f", {left} to go (run the same command again)" if left > 0 else "")
+    )
+    print(frontier_table(st, "md"))
+    if counts["complete"]:
+        plot = write_frontier(st, out / "frontier.png", mode, wandb_dir=out)
+        print(f"frontier plot: {plot}")
+    print(f"all trials: affbench frontier --storage {url} --study {study}; optuna-dashboard {url}")
+
+
+def _frontier(args: argparse.Namespace) -> None:
+    import optuna
+
+    from ablations.runner import wandb_mode
+    from sweeps.frontier import frontier_table, write_frontier
+    from sweeps.storage import open_storage
+
+    try:
+        st = optuna.load_study(study_name=args.study, storage=open_storage(args.storage))
+    except KeyError:
+        names = optuna.get_all_study_names(open_storage(args.storage))
+        raise SystemExit(
+            f"affbench: error: no study {args.study!r} in {args.storage}; it has: "
+            + (", ".join(names) or "none")
+        ) from None
+    print(frontier_table(st, args.format))
+    if not args.no_plot:
+        out = Path(args.out or Path(STUDIES_DIR) / args.study / "frontier.png")
+        mode = wandb_mode(args.no_wandb)
+        plot = write_frontier(st, out, mode)
+        print(f"frontier plot: {plot}", file=sys.stderr)
+
+
 def _column(df, name: str) -> str:
     for c in (name, f"model.{name}", f"data.{name}", f"val/{name}"):
         if c in df.columns:
@@ -301,6 +363,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default="val/score")
     p.add_argument("--format", choices=["md", "latex", "csv"], default="md")
     p.set_defaults(func=_table)
+
+    p = sub.add_parser("sweep", help="an Optuna sweep: accuracy against FLOPs, resumable")
+    p.add_argument("config", help="sweeps/configs/<name>.yaml")
+    p.add_argument("--n-trials", type=int, default=None, help="the study's total trial budget")
+    p.add_argument("--timeout", type=float, default=None, help="no new trial after S seconds")
+    p.add_argument("--storage", default=None, help="sqlite:///F, postgresql://..., journal:///F")
+    p.add_argument("--study", default=None, help="study name (default: the file's name)")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes")
+    p.add_argument("--studies", default=STUDIES_DIR, help="SQLite files, W&B runs, checkpoints")
+    p.add_argument("--data.root", dest="data_root", default=None, help="the data (e.g. Aff-Wild2)")
+    p.add_argument("--set", action="append", help="override a base setting: data.batch_size=4")
+    p.add_argument("--no-wandb", action="store_true", help="no W&B runs at all")
+    p.add_argument(
+        "--synth-if-missing", action="store_true", help="write the synthetic data if absent"
+    )
+    p.set_defaults(func=_sweep)
+
+    p = sub.add_parser("frontier", help="a study's Pareto front: table, plot, W&B summary run")
+    p.add_argument("--storage", required=True)
+    p.add_argument("--study", required=True)
+    p.add_argument("--format", choices=["md", "latex", "csv"], default="md")
+    p.add_argument("--out", default=None, help="the plot (default sweeps/studies/<study>/...)")
+    p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--no-wandb", action="store_true", help="no W&B summary run")
+    p.set_defaults(func=_frontier)
 
     p = sub.add_parser("bench-efficiency", help="the README's cost tables: zoo, growth, overhead")
     p.add_argument("part", choices=["zoo", "growth", "overhead"])

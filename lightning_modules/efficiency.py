@@ -140,7 +140,7 @@ class ModelSpec:
         return 1 if self.head == "none" else self.seq_len
 
 
-def _cache_path() -> Path:
+def cache_path() -> Path:
     root = Path(os.environ.get("AFFBENCH_CACHE", Path.home() / ".cache" / "affbench"))
     return root / "costs" / f"timm-{timm.__version__}-torch-{torch.__version__.split('+')[0]}.json"
 
@@ -148,7 +148,7 @@ def _cache_path() -> Path:
 def static_costs(spec: ModelSpec, model: nn.Module | None = None) -> dict:
     """Parameters and MACs of an architecture, cached on disk per architecture key (a sweep
     counts each architecture once, whatever its learning rate)."""
-    path = _cache_path()
+    path = cache_path()
     key = hashlib.sha1(spec.key().encode()).hexdigest()
     try:
         cache = json.loads(path.read_text())

@@ -63,3 +63,22 @@ def synth_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth")
     generate(root, videos=12, frames=60, seed=3)
     return root
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server for the session. Skipped where PostgreSQL is not installed,
+    except in CI (``CI`` set: `.ci/run` installs it), where its absence fails."""
+    import os
+
+    from postgres import Server, pg_bin
+
+    bindir = pg_bin()
+    if bindir is None:
+        msg = "PostgreSQL is not installed (Debian: apt-get install postgresql)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    server = Server(bindir).start()
+    yield server.url
+    server.stop()

@@ -1,0 +1,43 @@
+"""A trial's cost, measured once per architecture: parameters and MACs (``static_costs``'s disk
+cache) and the CPU latency row of ``efficiency.profile``, cached per architecture, device and
+thread count. Learning rates, dropout and seeds cost the same: they never re-measure."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import torch
+
+from datamodules.bench import cpu_name
+from lightning_modules.efficiency import ModelSpec, cache_path, profile
+
+
+def trial_cost(settings: dict) -> dict:
+    """The ``efficiency.profile`` row (batch 1, 2 warm-up and 5 timed runs) of the settings'
+    model, from the cache when this architecture was measured on this device before."""
+    spec = ModelSpec.from_settings(settings.get("model", {}))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    where = torch.cuda.get_device_name() if device == "cuda" else cpu_name()
+    conditions = {"arch": spec.key(), "device": where, "threads": torch.get_num_threads()}
+    key = hashlib.sha1(json.dumps(conditions, sort_keys=True).encode()).hexdigest()
+    path = cache_path().with_name("latency.json")
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return cache[key]
+    row = profile(spec, device=device, batch=1, warmup=2, runs=5)
+    row = {k: v for k, v in row.items() if k not in ("backbone", "head", "tasks")}
+    try:  # a fresh read: another worker may have written meanwhile
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    cache[key] = row
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(cache))
+    os.replace(tmp, path)
+    return row

@@ -1,0 +1,137 @@
+"""A study's efficiency frontier: its trials as a table, the Pareto front, a plot, a W&B run.
+
+The front of a multi-objective study is Optuna's own (``study.best_trials``: no other finished
+trial is at least as good on every objective and better on one). A single-objective study has
+one objective; its front is computed on the two axes a reader cares about, the measure and
+GMACs per frame, from the costs every trial stores in its user attributes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from ablations.frontier import frontier_plot, pareto_mask
+from sweeps.space import COST, LATENCY
+
+COLUMNS = {COST: "GMACs / frame", "params_total_m": "Params (M)", LATENCY: "Latency (ms)"}
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial: number, state, the measure, costs, settings, run name and error."""
+    metric = (study.metric_names or ["val/score"])[0]
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        u = t.user_attrs
+        row = {"trial": t.number, "state": t.state.name.lower(), "run": u.get("run", "")}
+        row[metric] = t.values[0] if t.values else u.get(metric, np.nan)
+        for k in COLUMNS:
+            row[k] = u.get(k, np.nan)
+        row.update(
+            {k.removeprefix("model."): v for k, v in t.params.items()}
+            | {"error": u.get("error", ""), "over_budget": bool(u.get("over_budget", False))}
+        )
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if len(df):
+        df["front"] = df["trial"].isin(front_numbers(study, df, metric))
+    return df
+
+
+def front_numbers(study: optuna.Study, df: pd.DataFrame, metric: str) -> set[int]:
+    if len(study.directions) > 1:
+        return {t.number for t in study.best_trials}
+    done = df[df["state"] == "complete"].dropna(subset=[metric, COST])
+    return set(done["trial"][pareto_mask(done[COST], done[metric])])
+
+
+def frontier_table(study: optuna.Study, fmt: str = "md") -> str:
+    """The Pareto front, cheapest first: measure, GMACs per frame, params, latency, settings."""
+    df = trials_frame(study)
+    metric = (study.metric_names or ["val/score"])[0]
+    if not len(df) or not df["front"].any():
+        return f"study {study.study_name!r}: no finished trial yet"
+    front = df[df["front"]].sort_values([COST, metric], ascending=[True, False])
+    settings = [c for c in df.columns if c not in {*COLUMNS, metric, "trial", "state", "run"}]
+    settings = [c for c in settings if c not in ("error", "over_budget", "front")]
+    table = front[["trial", metric, *COLUMNS, *settings]].rename(columns=COLUMNS)
+    table = table.dropna(axis=1, how="all").set_index("trial")
+    if fmt == "csv":
+        return table.to_csv()
+    if fmt == "md":
+        return table.to_markdown(floatfmt=".4g")
+    if fmt == "latex":
+        n = len(df[df["state"] == "complete"])
+        caption = (
+            f"Pareto front of study {study.study_name} ({len(table)} of {n} finished trials): "
+            f"{metric.split('/')[-1]} against cost. MACs are multiply-accumulates "
+            "(1 MAC = 2 FLOPs) per frame."
+        )
+        fmt_cols = {c: "{:.4g}" for c in table.select_dtypes("number").columns}
+        return table.style.format(fmt_cols, na_rep="").to_latex(
+            caption=caption.replace("_", r"\_"),
+            label=f"tab:{study.study_name}-front",
+            hrules=True,
+            environment="table",
+            position_float="centering",
+        )
+    raise ValueError(f"format must be md, latex or csv, got {fmt!r}")
+
+
+def write_frontier(
+    study: optuna.Study,
+    out: str | Path,
+    wandb_mode: str = "disabled",
+    wandb_dir: Path | None = None,
+) -> Path:
+    """The frontier plot (every finished trial, the front highlighted and labelled) as PNG at
+    ``out``; unless ``wandb_mode`` is disabled, a W&B run with the trials Table and a scatter."""
+    df = trials_frame(study)
+    metric = (study.metric_names or ["val/score"])[0]
+    done = df[df["state"] == "complete"].copy() if len(df) else df
+    done["label"] = "#" + done["trial"].astype(str)
+    frontier_plot(
+        done,
+        metric,
+        out,
+        title=f"{study.study_name}: {metric} against GMACs per frame",
+        front="front",
+        label_front_only=True,
+    )
+    if wandb_mode != "disabled":
+        import wandb
+
+        from ablations.runner import PROJECT
+
+        run = wandb.init(
+            project=PROJECT,
+            group=study.study_name,
+            name=f"{study.study_name}-frontier",
+            job_type="frontier",
+            dir=str(wandb_dir or Path(out).parent),
+            mode=wandb_mode,
+        )
+        table = wandb.Table(dataframe=done.drop(columns=["label"]).astype({"front": int}))
+        run.log(
+            {
+                "trials": table,
+                "frontier": wandb.plot.scatter(table, COST, metric, title="frontier"),
+            }
+        )
+        run.summary.update(
+            {
+                "front_size": int(done["front"].sum()),
+                "finished_trials": len(done),
+                f"best_{metric}": float(done[metric].max()),
+            }
+        )
+        run.finish()
+    return Path(out)
+
+
+def finished(study: optuna.Study) -> int:
+    return sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))

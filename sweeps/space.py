@@ -1,0 +1,243 @@
+"""Sweep files: base settings, objectives and a conditional search space, read from YAML.
+
+```yaml
+name: quick
+base:                                  # as an ablation's base: model, data, trainer, seed
+  model: {backbone: mobilenetv4_conv_small, tasks: va, img_size: 112}
+  data: {root: data/synthetic, batch_size: 8}
+  trainer: {max_epochs: 2}
+mode: multi             # multi: maximise `metric`, minimise GMACs per frame (and latency)
+metric: val/score       # the measure, maximised
+latency_objective: false
+max_gmacs_per_frame: null              # a trial over this budget is not trained (pruned)
+pruner: null            # single mode only: median | percentile | hyperband | successive_halving
+sampler: tpe            # tpe | nsga2 | random | gp, or {name: tpe, seed: 0, ...}
+n_trials: 12
+space:                  # each entry is one Optuna parameter, its name the key
+  model.head: {choices: [frame, gru, mixer3]}
+  model.lr: {float: [1.0e-4, 3.0e-3], log: true}
+  gru.hidden: {path: model.head_kwargs.hidden, choices: [64, 128], when: {model.head: gru}}
+```
+
+An entry's value lands at ``path`` in the settings (default: its name). ``when`` makes it
+conditional: it is suggested only when every named earlier entry took one of the listed values,
+so ``gru.hidden`` exists only in GRU trials (Optuna's TPE with ``group: true`` models such
+spaces). A malformed file is an error naming the file and the line of the entry.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import optuna
+import yaml
+
+from affbench.errors import ConfigError
+from lightning_modules.scoring import MONITOR
+
+KEYS = {
+    "name",
+    "description",
+    "base",
+    "space",
+    "mode",
+    "metric",
+    "latency_objective",
+    "max_gmacs_per_frame",
+    "pruner",
+    "sampler",
+    "n_trials",
+    "heartbeat",
+}
+KINDS = ("choices", "float", "int")
+ENTRY_KEYS = {*KINDS, "log", "step", "path", "when"}
+PRUNERS = {
+    "median": "MedianPruner",
+    "percentile": "PercentilePruner",
+    "hyperband": "HyperbandPruner",
+    "successive_halving": "SuccessiveHalvingPruner",
+    "threshold": "ThresholdPruner",
+}
+SAMPLERS = {
+    "tpe": "TPESampler",
+    "nsga2": "NSGAIISampler",
+    "nsga3": "NSGAIIISampler",
+    "random": "RandomSampler",
+    "gp": "GPSampler",
+}
+COST = "gmacs_per_frame"
+LATENCY = "latency_ms_median"
+
+
+def _lines(text: str) -> dict[tuple[str, ...], int]:
+    """1-based line of every mapping key, by its path of keys (for error messages)."""
+    out: dict[tuple[str, ...], int] = {}
+
+    def walk(node, path):
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                out[(*path, k.value)] = k.start_mark.line + 1
+                walk(v, (*path, k.value))
+
+    walk(yaml.compose(text), ())
+    return out
+
+
+def load_sweep(path: str | Path) -> dict:
+    """The sweep file, checked, with defaults filled in. Errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sweep config {path} does not exist")
+    text = path.read_text()
+    try:
+        cfg = yaml.safe_load(text) or {}
+        lines = _lines(text)
+    except yaml.YAMLError as e:  # PyYAML's message holds the line and column
+        raise ConfigError(f"{path}: not valid YAML: {e}".replace("\n", " ")) from None
+
+    def fail(where: tuple[str, ...], msg: str):
+        raise ConfigError(f"{path}:{lines.get(where, 1)}: {msg}")
+
+    if not isinstance(cfg, dict):
+        fail((), "expected a mapping of sweep settings")
+    for k in cfg:
+        if k not in KEYS:
+            fail((k,), f"unknown key {k!r}; sweep files have {', '.join(sorted(KEYS))}")
+    for k in ("base", "space"):
+        if not isinstance(cfg.get(k), dict) or not cfg[k]:
+            fail((k,) if k in cfg else (), f"{k!r} must be a non-empty mapping")
+    cfg.setdefault("name", path.stem)
+    cfg.setdefault("mode", "multi")
+    cfg.setdefault("metric", MONITOR)
+    cfg.setdefault("latency_objective", False)
+    cfg.setdefault("max_gmacs_per_frame", None)
+    cfg.setdefault("pruner", None)
+    cfg.setdefault("sampler", "tpe")
+    cfg.setdefault("n_trials", 20)
+    cfg["heartbeat"] = {"interval": 10, "grace": 60, **(cfg.get("heartbeat") or {})}
+    if cfg["mode"] not in ("multi", "single"):
+        fail(("mode",), f"mode must be multi or single, got {cfg['mode']!r}")
+    checks = (
+        ("pruner" if "pruner" in cfg else "mode", lambda: check_modes(cfg)),
+        ("pruner", lambda: make_pruner(cfg["pruner"])),
+        ("sampler", lambda: make_sampler(cfg["sampler"])),
+    )
+    for key, check in checks:
+        try:
+            check()
+        except ConfigError as e:
+            fail((key,), str(e))
+    seen: dict[str, dict] = {}
+    for name, entry in cfg["space"].items():
+        where = ("space", name)
+        if not isinstance(entry, dict):
+            fail(where, f"space entry {name!r} must be a mapping such as {{choices: [a, b]}}")
+        kinds = [k for k in KINDS if k in entry]
+        if len(kinds) != 1:
+            fail(where, f"space entry {name!r} needs exactly one of choices, float, int")
+        unknown = set(entry) - ENTRY_KEYS
+        if unknown:
+            fail(where, f"space entry {name!r}: unknown keys {sorted(unknown)}")
+        values = entry[kinds[0]]
+        if kinds[0] == "choices":
+            if not isinstance(values, list) or not values:
+                fail(where, f"space entry {name!r}: choices must be a non-empty list")
+            if any(not isinstance(v, bool | int | float | str) for v in values):
+                fail(where, f"space entry {name!r}: choices must be numbers or strings")
+        elif (
+            not isinstance(values, list)
+            or len(values) != 2
+            or not all(isinstance(v, int | float) for v in values)
+            or values[0] >= values[1]
+        ):
+            fail(where, f"space entry {name!r}: {kinds[0]} needs [low, high] with low < high")
+        for cond in entry.get("when") or {}:
+            if cond not in seen:
+                fail(where, f"space entry {name!r}: 'when' names {cond!r}, not an earlier entry")
+        seen[name] = entry
+    return cfg
+
+
+def check_modes(cfg: dict) -> None:
+    """Optuna prunes single-objective trials only: refuse a pruner with several objectives."""
+    if cfg["mode"] == "multi" and cfg.get("pruner") not in (None, "none"):
+        raise ConfigError(
+            "a pruner needs mode: single: Optuna cannot prune multi-objective trials "
+            "(use mode: single with max_gmacs_per_frame for a budget, or drop the pruner)"
+        )
+    if cfg["mode"] == "single" and cfg.get("latency_objective"):
+        raise ConfigError("latency_objective needs mode: multi")
+
+
+def _named(spec, aliases: dict[str, str], module, what: str):
+    if spec is None or spec == "none":
+        return None
+    kw = dict(spec) if isinstance(spec, dict) else {"name": spec}
+    name = str(kw.pop("name", ""))
+    cls = getattr(module, aliases.get(name, name), None)
+    if cls is None or not isinstance(cls, type):
+        raise ConfigError(f"unknown {what} {name!r}; {what}s are: {', '.join(aliases)}")
+    try:
+        return cls(**kw)
+    except TypeError as e:
+        raise ConfigError(f"{what} {name!r}: {e}") from None
+
+
+def make_pruner(spec) -> optuna.pruners.BasePruner | None:
+    """``median`` or ``{name: median, n_startup_trials: 2}`` -> an Optuna pruner (or None)."""
+    return _named(spec, PRUNERS, optuna.pruners, "pruner")
+
+
+def make_sampler(spec) -> optuna.samplers.BaseSampler:
+    """``tpe`` or ``{name: tpe, seed: 0}`` -> an Optuna sampler. TPE defaults to multivariate
+    and grouped (it models the conditional space's branches apart)."""
+    kw = dict(spec) if isinstance(spec, dict) else {"name": spec}
+    if SAMPLERS.get(kw["name"], kw["name"]) == "TPESampler":
+        kw = {"multivariate": True, "group": True, **kw}
+    return _named(kw, SAMPLERS, optuna.samplers, "sampler")
+
+
+def directions(cfg: dict) -> list[str]:
+    """maximise the measure; in multi mode also minimise GMACs per frame (and latency)."""
+    if cfg["mode"] == "single":
+        return ["maximize"]
+    return ["maximize", "minimize"] + (["minimize"] if cfg["latency_objective"] else [])
+
+
+def objective_names(cfg: dict) -> list[str]:
+    if cfg["mode"] == "single":
+        return [cfg["metric"]]
+    return [cfg["metric"], COST] + ([LATENCY] if cfg["latency_objective"] else [])
+
+
+def _set(tree: dict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        tree = tree.setdefault(p, {})
+    tree[leaf] = value
+
+
+def suggest(trial: optuna.Trial, cfg: dict) -> dict:
+    """The trial's settings: ``base`` with every active space entry suggested into place."""
+    settings = copy.deepcopy(cfg["base"])
+    taken: dict[str, object] = {}
+    for name, entry in cfg["space"].items():
+        when = entry.get("when") or {}
+        if any(taken.get(k) not in (v if isinstance(v, list) else [v]) for k, v in when.items()):
+            continue
+        if "choices" in entry:
+            value = trial.suggest_categorical(name, entry["choices"])
+        elif "float" in entry:
+            low, high = entry["float"]
+            value = trial.suggest_float(
+                name, low, high, log=entry.get("log", False), step=entry.get("step")
+            )
+        else:
+            low, high = entry["int"]
+            value = trial.suggest_int(
+                name, low, high, log=entry.get("log", False), step=entry.get("step", 1)
+            )
+        taken[name] = value
+        _set(settings, entry.get("path", name), value)
+    return settings
