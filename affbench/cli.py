@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -202,6 +203,7 @@ def _sweep(args: argparse.Namespace) -> None:
         print(f"no data at {root}: writing the synthetic dataset there first")
         generate(root)
     mode = wandb_mode(args.no_wandb)
+    os.environ.setdefault("WANDB_SILENT", "true")  # the trial lines and the table say enough
     out = Path(args.studies) / study
     print(f"study {study!r} in {url}: {n_trials} trials, {args.workers} worker(s)")
     st = run_sweep(cfg, url, study, n_trials, out, args.workers, args.timeout, mode)

@@ -40,9 +40,7 @@ from sweeps.space import suggest as suggest_settings
 from sweeps.storage import budget_lock, open_storage
 
 log = logging.getLogger("affbench.sweep")
-# the heartbeat, stale-trial and retry helpers are marked experimental; ask/tell with a heartbeat
-# is what several workers sharing one budget need (see the module docstring)
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+# ask/tell with a heartbeat is what several workers sharing one budget need (module docstring)
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 COST_ATTRS = (
     "params_total_m",

@@ -1,0 +1,405 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState, create_trial
+from PIL import Image
+from wandb_files import read_offline_run
+
+from affbench.cli import main
+from affbench.errors import ConfigError
+from lightning_modules.efficiency import ModelSpec, static_costs
+from sweeps.frontier import frontier_table, trials_frame, write_frontier
+from sweeps.runner import budget, create_study, run_sweep
+from sweeps.space import load_sweep, suggest
+
+TINY = "mobilenetv4_conv_small_035"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _sweep_cfg(root, **top) -> dict:
+    return {
+        "name": "s",
+        "base": {
+            "model": {"backbone": TINY, "tasks": "va", "seq_len": 8, "img_size": 112},
+            "data": {"root": str(root), "batch_size": 4, "num_workers": 0},
+            "trainer": {
+                "max_epochs": 1,
+                "limit_train_batches": 2,
+                "limit_val_batches": 2,
+                "limit_test_batches": 1,
+            },
+            "seed": 0,
+        },
+        "heartbeat": {"interval": 1, "grace": 3},
+        "space": {
+            "model.head": {"choices": ["frame", "gru"]},
+            "model.lr": {"float": [1e-4, 1e-2], "log": True},
+            "gru.hidden": {
+                "path": "model.head_kwargs.hidden",
+                "choices": [16, 32],
+                "when": {"model.head": "gru"},
+            },
+        },
+        **top,
+    }
+
+
+def _write(tmp_path, cfg: dict, name: str = "s.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def _load(tmp_path, cfg: dict) -> dict:
+    return load_sweep(_write(tmp_path, cfg))
+
+
+def test_sweep_file_errors_name_the_line(tmp_path, capsys):
+    base = "base:\n  model: {head: frame}\n"
+    cases = {
+        "space:\n  model.lr: {float: [0.1, 0.01]}\n": (4, "low < high"),
+        "space:\n  model.head: {choices: [a], int: [1, 2]}\n": (4, "exactly one of"),
+        "space:\n  a: {choices: [1]}\n  b: {choices: [1], when: {c: 1}}\n": (5, "not an earlier"),
+        "space:\n  a: {choices: [1]}\nsurprise: 1\n": (5, "unknown key 'surprise'"),
+        "mode: multi\npruner: median\nspace:\n  a: {choices: [1]}\n": (4, "cannot prune multi"),
+        "pruner: nope\nmode: single\nspace:\n  a: {choices: [1]}\n": (3, "unknown pruner"),
+    }
+    for body, (line, msg) in cases.items():
+        path = tmp_path / "bad.yaml"
+        path.write_text(base + body)
+        with pytest.raises(ConfigError, match=rf"bad\.yaml:{line}: .*{msg}"):
+            load_sweep(path)
+    # the CLI refuses pruning a multi-objective sweep with one clear line, and runs nothing
+    path.write_text(base + "mode: multi\npruner: median\nspace:\n  a: {choices: [1]}\n")
+    with pytest.raises(SystemExit) as e:
+        main(["sweep", str(path), "--studies", str(tmp_path / "studies")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("affbench: error:") and "cannot prune multi-objective" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "studies").exists()
+
+
+def test_shipped_sweeps_load():
+    quick = load_sweep("sweeps/configs/quick.yaml")
+    big = load_sweep("sweeps/configs/frontier.yaml")
+    assert quick["mode"] == "multi" and big["latency_objective"]
+    assert "model.backbone" in big["space"] and len(big["space"]["model.backbone"]["choices"]) >= 5
+
+
+def test_conditional_space(tmp_path):
+    cfg = _load(tmp_path, _sweep_cfg("data"))
+    fixed = optuna.trial.FixedTrial({"model.head": "gru", "model.lr": 1e-3, "gru.hidden": 32})
+    s = suggest(fixed, cfg)
+    assert s["model"]["head"] == "gru" and s["model"]["head_kwargs"] == {"hidden": 32}
+    assert s["model"]["lr"] == 1e-3 and cfg["base"]["model"].get("head_kwargs") is None
+    s = suggest(optuna.trial.FixedTrial({"model.head": "frame", "model.lr": 1e-3}), cfg)
+    assert "head_kwargs" not in s["model"]
+    # sampled for real: the GRU's setting exists in GRU trials only, within its choices
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for _ in range(24):
+        trial = study.ask()
+        suggest(trial, cfg)
+        study.tell(trial, [trial.params["model.lr"], 0.0])
+    for t in study.trials:
+        assert ("gru.hidden" in t.params) == (t.params["model.head"] == "gru")
+        assert 1e-4 <= t.params["model.lr"] <= 1e-2
+    assert {t.params["model.head"] for t in study.trials} == {"frame", "gru"}
+
+
+def _frozen(number, state, retry_history=None):
+    attrs = (
+        {"retry_history": retry_history, "failed_trial": retry_history[0]} if retry_history else {}
+    )
+    t = create_trial(state=state, values=[1.0] if state == TrialState.COMPLETE else None,
+                     system_attrs=attrs)  # fmt: skip
+    t.number = number
+    return t
+
+
+def test_budget_counts_places():
+    trials = [
+        _frozen(0, TrialState.COMPLETE),
+        _frozen(1, TrialState.FAIL),  # killed; retried as 4
+        _frozen(2, TrialState.FAIL),  # raised; not retried: it keeps its place
+        _frozen(3, TrialState.PRUNED),
+        _frozen(4, TrialState.RUNNING, retry_history=[1]),
+        _frozen(5, TrialState.WAITING),
+    ]
+    assert budget(trials) == {"used": 5, "running": 1, "waiting": 1}
+
+
+def _known_study(storage=None, name="known") -> optuna.Study:
+    """Five finished trials with known (score, GMACs): the front is 0, 2, 3."""
+    study = optuna.create_study(
+        storage=storage, study_name=name, directions=["maximize", "minimize"]
+    )
+    study.set_metric_names(["val/score", "gmacs_per_frame"])
+    dist = {"model.head": CategoricalDistribution(["frame", "gru", "mixer3"])}
+    for score, gmacs, head in (
+        (0.50, 0.05, "frame"),  # front: the cheapest
+        (0.45, 0.06, "frame"),  # beaten by 0
+        (0.60, 0.07, "gru"),  # front
+        (0.70, 0.20, "mixer3"),  # front: the best
+        (0.55, 0.20, "gru"),  # beaten by 3
+    ):
+        study.add_trial(
+            create_trial(
+                values=[score, gmacs],
+                params={"model.head": head},
+                distributions=dist,
+                user_attrs={"gmacs_per_frame": gmacs, "params_total_m": 10 * gmacs},
+            )
+        )
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"error": "boom"}))
+    return study
+
+
+def test_frontier_lists_exactly_the_pareto_set(tmp_path, capsys):
+    storage = f"sqlite:///{tmp_path / 'k.db'}"
+    study = _known_study(storage)
+    assert {t.number for t in study.best_trials} == {0, 2, 3}
+    df = trials_frame(study)
+    assert list(df["trial"][df["front"]]) == [0, 2, 3]
+    csv = pd.read_csv(pd.io.common.StringIO(frontier_table(study, "csv")))
+    assert list(csv["trial"]) == [0, 2, 3]  # cheapest first
+    assert list(csv["val/score"]) == [0.50, 0.60, 0.70]
+    assert list(csv["GMACs / frame"]) == [0.05, 0.07, 0.20]
+    assert list(csv["head"]) == ["frame", "gru", "mixer3"]
+    md = frontier_table(study, "md")
+    assert md.count("\n|") == 4  # header rule + three rows
+    tex = frontier_table(study, "latex")
+    rows = [line.split(" & ")[0] for line in tex.splitlines() if line.endswith("\\\\")]
+    assert "\\begin{table}" in tex and rows[-3:] == ["0", "2", "3"] and len(rows) == 5
+    png = write_frontier(study, tmp_path / "f.png")
+    Image.open(png).verify()
+
+    # the same through the CLI, reading the storage
+    main(["frontier", "--storage", storage, "--study", "known", "--format", "csv",
+          "--out", str(tmp_path / "cli.png"), "--no-wandb"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert pd.read_csv(pd.io.common.StringIO(out))["trial"].tolist() == [0, 2, 3]
+    with pytest.raises(SystemExit, match="no study 'nope'.*known"):
+        main(["frontier", "--storage", storage, "--study", "nope"])
+
+    # single objective: the front is taken on (measure, GMACs per frame)
+    single = optuna.create_study(study_name="one", direction="maximize")
+    for score, gmacs in ((0.5, 0.05), (0.4, 0.06), (0.7, 0.2)):
+        single.add_trial(create_trial(value=score, user_attrs={"gmacs_per_frame": gmacs}))
+    single.add_trial(create_trial(state=TrialState.PRUNED, user_attrs={"gmacs_per_frame": 0.01}))
+    assert list(trials_frame(single).query("front")["trial"]) == [0, 2]
+
+
+def test_study_opens_in_optuna_dashboard(tmp_path):
+    from wsgiref.util import setup_testing_defaults
+
+    from optuna_dashboard import wsgi
+
+    storage = f"sqlite:///{tmp_path / 'k.db'}"
+    _known_study(storage)
+    env = {"PATH_INFO": "/api/studies"}
+    setup_testing_defaults(env)
+    status = []
+    body = b"".join(wsgi(storage)(env, lambda s, h, *exc: status.append(s)))
+    studies = json.loads(body)["study_summaries"]
+    assert status[0].startswith("200") and [s["study_name"] for s in studies] == ["known"]
+
+
+def _trials(url, study, missing_ok=False):
+    try:
+        return optuna.load_study(study_name=study, storage=url).get_trials()
+    except KeyError:  # not created yet
+        if missing_ok:
+            return []
+        raise
+
+
+@pytest.mark.slow
+def test_budget_pruning_and_failures_single_objective(synth_root, tmp_path):
+    cfg = _sweep_cfg(
+        synth_root,
+        mode="single",
+        pruner={"name": "threshold", "lower": 2.0},  # any trained trial is pruned at epoch 0
+        max_gmacs_per_frame=0.03,
+    )
+    cfg["space"] = {
+        "model.backbone": {"choices": [TINY, "mobilenetv4_conv_small"]},  # 0.02 / 0.05 GMACs
+        "model.seq_len": {"choices": [8, 6]},
+        "model.head": {"choices": ["mixer1"]},  # needs seq_len % 4 == 0: T=6 fails
+    }
+    cfg = _load(tmp_path, cfg)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = create_study(cfg, url, "s")
+    for backbone in (TINY, "mobilenetv4_conv_small"):  # each combination once, queued
+        for t in (8, 6):
+            study.enqueue_trial({"model.backbone": backbone, "model.seq_len": t})
+    run_sweep(cfg, url, "s", 4, tmp_path / "out", wandb_mode="disabled")
+    trials = _trials(url, "s")
+    assert len({(t.params["model.backbone"], t.params["model.seq_len"]) for t in trials}) == 4
+    for t in trials:
+        big = t.params["model.backbone"] != TINY
+        if t.params["model.seq_len"] == 8:  # the efficiency code's figures for the trial's model
+            spec = ModelSpec(t.params["model.backbone"], "mixer1", 8, 112)
+            assert t.user_attrs["gmacs_per_frame"] == static_costs(spec)["gmacs_per_frame"]
+        if t.params["model.seq_len"] == 6:  # the model cannot be built: failed, recorded
+            assert t.state == TrialState.FAIL
+            assert "not divisible by the tubelet length" in t.user_attrs["error"]
+        elif big:  # over budget: not trained
+            assert t.state == TrialState.PRUNED and t.user_attrs["over_budget"]
+            assert "train_s" not in t.user_attrs and not t.intermediate_values
+        else:  # trained, then pruned by the Lightning callback after its first validation
+            assert t.state == TrialState.PRUNED and list(t.intermediate_values) == [0]
+            assert "pruned at epoch 0" in t.user_attrs["pruned"]
+
+
+def _sweep_cmd(path, *args) -> list[str]:
+    return [sys.executable, "-m", "affbench.cli", "sweep", str(path), *args]
+
+
+def _env(tmp_path) -> dict:
+    return {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
+
+
+def _wait_for(predicate, seconds: float, what: str):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        got = predicate()
+        if got:
+            return got
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _check_wandb_runs(folder: Path, trials, study: str = "s") -> None:
+    """Every finished trial has its W&B run with its objectives in the summary."""
+    runs = {}
+    for d in folder.glob("wandb/offline-run-*"):
+        r = read_offline_run(d)
+        if "name" in r:  # a killed worker's run may end before its first record
+            runs[r["name"]] = r
+    for t in trials:
+        if t.state != TrialState.COMPLETE:
+            continue
+        r = runs[t.user_attrs["run"]]
+        assert r["group"] == study and r["config"]["trial"] == t.number
+        assert r["summary"]["val/score"] == pytest.approx(t.values[0], abs=1e-6)
+        assert r["summary"]["gmacs_per_frame"] == pytest.approx(t.values[1])
+        assert r["config"]["model.head"] == t.params["model.head"]
+
+
+@pytest.mark.slow
+def test_two_workers_on_postgres_share_the_budget(synth_root, tmp_path, postgres_url, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = _load(tmp_path, _sweep_cfg(synth_root))
+    run_sweep(cfg, postgres_url, "s", 5, tmp_path / "out", workers=2, wandb_mode="offline")
+    trials = _trials(postgres_url, "s")
+    assert len(trials) == 5 and {t.number for t in trials} == set(range(5))
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both workers took trials
+    _check_wandb_runs(tmp_path / "out", trials)
+    # the same command again: the budget is spent, nothing runs
+    run_sweep(cfg, postgres_url, "s", 5, tmp_path / "out", workers=2, wandb_mode="offline")
+    assert len(_trials(postgres_url, "s")) == 5
+
+
+@pytest.mark.slow
+def test_killed_worker_trial_is_retried(synth_root, tmp_path, postgres_url):
+    cfg = _sweep_cfg(synth_root)
+    cfg["base"]["trainer"]["limit_train_batches"] = 6  # long enough to be killed mid-trial
+    path = _write(tmp_path, cfg)
+    study = "killed"
+    proc = subprocess.Popen(
+        _sweep_cmd(
+            path,
+            "--storage",
+            postgres_url,
+            "--study",
+            study,
+            "--n-trials",
+            "4",
+            "--workers",
+            "2",
+            "--studies",
+            str(tmp_path / "studies"),
+        ),  # fmt: skip
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        victim = _wait_for(
+            lambda: next(
+                (
+                    t
+                    for t in _trials(postgres_url, study, missing_ok=True)
+                    if t.state == TrialState.RUNNING and "worker" in t.user_attrs
+                ),
+                None,
+            ),
+            120,
+            "a running trial",
+        )
+        pid = int(victim.user_attrs["worker"].split(":")[1])
+        os.kill(pid, signal.SIGKILL)  # mid-trial: the attribute is set before its training
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    trials = _trials(postgres_url, study)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(complete) == 4 and len(failed) == 1, out
+    assert failed[0].user_attrs["worker"].endswith(f":{pid}")  # the killed worker's trial
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == failed[0].number)
+    assert retry.state == TrialState.COMPLETE and retry.params == failed[0].params
+    assert not retry.user_attrs["worker"].endswith(f":{pid}")
+    assert "signal 9" in out
+    _check_wandb_runs(tmp_path / "studies" / study, trials, study)
+
+
+@pytest.mark.slow
+def test_interrupted_study_resumes_to_its_budget(synth_root, tmp_path):
+    path = _write(tmp_path, _sweep_cfg(synth_root))
+    db = tmp_path / "studies" / "s.db"
+    cmd = _sweep_cmd(path, "--n-trials", "3", "--studies", str(tmp_path / "studies"))
+    proc = subprocess.Popen(cmd, env=_env(tmp_path), stdout=subprocess.PIPE, text=True,
+                            stderr=subprocess.STDOUT)  # fmt: skip
+    url = f"sqlite:///{db}"
+
+    def one_done_one_running():
+        states = [t.state for t in _trials(url, "s", missing_ok=True)] if db.exists() else []
+        return TrialState.COMPLETE in states and TrialState.RUNNING in states
+
+    try:
+        _wait_for(one_done_one_running, 120, "one finished and one running trial")
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    stopped = _trials(url, "s")
+    interrupted = [t for t in stopped if t.state == TrialState.FAIL]
+    assert len(interrupted) == 1 and interrupted[0].user_attrs["error"] == "interrupted"
+    k = sum(t.state == TrialState.COMPLETE for t in stopped)
+    assert 1 <= k < 3
+    # the same command again continues to 3 finished trials, the interrupted one retried
+    done = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    trials = _trials(url, "s")
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 3
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == interrupted[0].number)
+    assert retry.state == TrialState.COMPLETE and retry.params == interrupted[0].params
+    assert "3 finished, 0 pruned, 1 failed" in done.stdout
+    assert (tmp_path / "studies" / "s" / "frontier.png").exists()
+    _check_wandb_runs(tmp_path / "studies" / "s", trials)
