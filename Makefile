@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DATA   ?= data/synthetic
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install postgres demo test lint format bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,9 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+postgres:  # the Debian package, for the tests' real PostgreSQL server (no-op when present)
+	.ci/install-postgres
+
 demo: install
 	$(BIN)/affbench ablate ablations/configs/quickstart.yaml --synth-if-missing
 
@@ -22,7 +25,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+test: lint postgres
 	$(BIN)/pytest
 
 format: install
@@ -33,6 +36,7 @@ bench: install
 	$(BIN)/affbench data bench-index --format md
 	$(BIN)/affbench data bench-loader $(DATA) --format md
 	$(BIN)/affbench bench-learning --format md
+	$(BIN)/affbench bench-sweep --format md
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -245,6 +245,12 @@ def _frontier(args: argparse.Namespace) -> None:
         print(f"frontier plot: {plot}", file=sys.stderr)
 
 
+def _bench_sweep(args: argparse.Namespace) -> None:
+    from sweeps.bench import bench_sweep
+
+    _print_rows(bench_sweep(args.config, args.trials, args.repeats, args.rounds), args.format)
+
+
 def _column(df, name: str) -> str:
     for c in (name, f"model.{name}", f"data.{name}", f"val/{name}"):
         if c in df.columns:
@@ -395,6 +401,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("part", choices=["zoo", "growth", "overhead"])
     p.add_argument("--format", **fmt)
     p.set_defaults(func=_bench_efficiency)
+
+    p = sub.add_parser("bench-sweep", help="trials/hour with 1 and 2 workers; sweep overhead")
+    p.add_argument("--config", default="sweeps/configs/quick.yaml")
+    p.add_argument("--trials", type=int, default=8, help="trials per throughput run")
+    p.add_argument("--repeats", type=int, default=4, help="runs per overhead round and path")
+    p.add_argument("--rounds", type=int, default=3, help="alternated overhead rounds")
+    p.add_argument("--format", **fmt)
+    p.set_defaults(func=_bench_sweep)
 
     p = sub.add_parser("bench-learning", help="train heads for the same budget, score val and test")
     p.add_argument("--root", default="data/synthetic")

@@ -198,6 +198,7 @@ def _attempt(
         from optuna_integration import PyTorchLightningPruningCallback
 
         callbacks.append(PyTorchLightningPruningCallback(trial, monitor=cfg["metric"]))
+    t0 = time.perf_counter()
     row = train_and_score(
         settings,
         out,
@@ -209,6 +210,7 @@ def _attempt(
         callbacks=callbacks,
         cost=cost,
     )
+    trial.set_user_attr("run_s", round(time.perf_counter() - t0, 3))  # training + scoring
     for k, v in row.items():
         if k.startswith(("val/", "test/")) or k in ("train_s", "wandb_run_id", "epochs"):
             trial.set_user_attr(k, v)

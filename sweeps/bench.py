@@ -1,0 +1,148 @@
+"""``affbench bench-sweep``: the README's sweep figures, measured side by side in one run.
+
+* Trials per hour with 1 and 2 workers: the same N trials (parameters drawn once from the sweep
+  file's space with a seeded random sampler and queued in each study) run on a fresh SQLite
+  study and a fresh cost cache, so both runs do the same work, latency measurements included.
+* The sweep machinery's overhead per trial: one architecture trained R times by the ablation
+  runner's ``train_and_score`` alone (cost already cached, W&B offline), against R identical
+  queued trials through ``run_sweep`` (study, lock, stale-trial check, ask, suggest, heartbeat
+  thread, user attributes, tell), alternated over rounds; wall clock per trial.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import torch
+
+from sweeps.runner import create_study, run_sweep
+from sweeps.space import load_sweep, suggest
+
+
+def _fresh(root: Path, name: str) -> Path:
+    d = root / name
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    return d
+
+
+def _draw(cfg: dict, n: int, seed: int = 0) -> list[dict]:
+    """n parameter sets from the space (seeded random sampling), to queue in every study."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    out = []
+    for _ in range(n):
+        t = study.ask()
+        suggest(t, cfg)
+        out.append(dict(t.params))
+        study.tell(t, 0.0)
+    return out
+
+
+def _run(
+    cfg: dict, root: Path, name: str, params: list[dict], workers: int
+) -> tuple[float, list[float]]:
+    """Seconds for a fresh study of the queued ``params`` with ``workers`` workers, and each
+    trial's seconds inside ``train_and_score``."""
+    folder = _fresh(root, name)
+    url = f"sqlite:///{folder / 'study.db'}"
+    study = create_study(cfg, url, name)
+    for p in params:
+        study.enqueue_trial(p)
+    t0 = time.perf_counter()
+    run_sweep(cfg, url, name, len(params), folder, workers=workers, wandb_mode="offline")
+    seconds = time.perf_counter() - t0
+    done = optuna.load_study(study_name=name, storage=url).trials
+    states = [t.state.name for t in done]
+    if states.count("COMPLETE") != len(params):
+        raise RuntimeError(f"{name}: expected {len(params)} finished trials, got {states}")
+    return seconds, [t.user_attrs["run_s"] for t in done]
+
+
+def bench_sweep(
+    config: str = "sweeps/configs/quick.yaml",
+    trials: int = 8,
+    repeats: int = 4,
+    rounds: int = 3,
+    root: str | Path = "bench/sweep",
+) -> list[dict]:
+    from ablations.runner import train_and_score
+    from sweeps.cost import trial_cost
+
+    root = Path(root)
+    cfg = load_sweep(config)
+    cpu = os.cpu_count() or 1
+    cache = os.environ.get("AFFBENCH_CACHE")
+    rows = []
+    try:
+        params = _draw(cfg, trials)
+        for workers in (1, 2):
+            # a fresh cost cache: each run measures its architectures' costs once, as a new
+            # sweep does
+            os.environ["AFFBENCH_CACHE"] = tempfile.mkdtemp(prefix="affbench-bench-cache-")
+            seconds, _ = _run(cfg, root, f"throughput-w{workers}", params, workers)
+            rows.append(
+                {
+                    "measure": f"trials per hour, {workers} worker(s)",
+                    "trials": trials,
+                    "wall_s": round(seconds, 1),
+                    "trials_per_hour": round(3600 * trials / seconds, 1),
+                    "threads_per_worker": max(1, cpu // workers),
+                }
+            )
+        # overhead: one architecture, the cost cache warm for both paths
+        fixed = params[0]
+        torch.set_num_threads(cpu)
+        settings = suggest(optuna.trial.FixedTrial(fixed), cfg)
+        cost = trial_cost(settings)
+        alone, swept, inside = [], [], []
+        for r in range(rounds):
+            folder = _fresh(root, f"alone-{r}")
+            t0 = time.perf_counter()
+            for i in range(repeats):
+                train_and_score(settings, folder, "alone", "offline", f"run{i}", cost=cost)
+            alone.append((time.perf_counter() - t0) / repeats)
+            seconds, runs = _run(cfg, root, f"overhead-{r}", [fixed] * repeats, 1)
+            swept.append(seconds / repeats)
+            inside.append(statistics.mean(runs))
+        a, s, i = statistics.mean(alone), statistics.mean(swept), statistics.mean(inside)
+        rows.append(
+            {
+                "measure": "seconds per trial: train_and_score alone",
+                "trials": repeats * rounds,
+                "wall_s": round(a, 2),
+                "per_round": " / ".join(f"{x:.2f}" for x in alone),
+            }
+        )
+        rows.append(
+            {
+                "measure": "seconds per trial: through run_sweep",
+                "trials": repeats * rounds,
+                "wall_s": round(s, 2),
+                "per_round": " / ".join(f"{x:.2f}" for x in swept),
+                "overhead_pct": round(100 * (s - a) / a, 1),
+            }
+        )
+        rows.append(
+            {
+                "measure": "seconds per trial: the machinery only (sweep wall - train_and_score)",
+                "trials": repeats * rounds,
+                "wall_s": round(s - i, 3),
+                "per_round": " / ".join(f"{x - y:.3f}" for x, y in zip(swept, inside, strict=True)),
+                "overhead_pct": round(100 * (s - i) / i, 1),
+            }
+        )
+    finally:
+        if cache is None:
+            os.environ.pop("AFFBENCH_CACHE", None)
+        else:
+            os.environ["AFFBENCH_CACHE"] = cache
+    head = fixed.get("model.head", cfg["base"]["model"].get("head"))
+    for row in rows:
+        row.update(config=Path(config).name, overhead_model=str(head), threads=cpu)
+    return rows
