@@ -1,5 +1,6 @@
 # Set-up and the two entry points of README: `make demo` (the main job) and `make test`.
-# `make demo` writes the synthetic data if absent, then runs the quickstart ablation.
+# `make demo` writes the synthetic data if absent, then runs the quickstart ablation and the
+# quick sweep.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -20,6 +21,7 @@ postgres:  # the Debian package, for the tests' real PostgreSQL server (no-op wh
 
 demo: install
 	$(BIN)/affbench ablate ablations/configs/quickstart.yaml --synth-if-missing
+	$(BIN)/affbench sweep sweeps/configs/quick.yaml --synth-if-missing
 
 lint: install
 	$(BIN)/ruff check .

@@ -62,8 +62,8 @@ def frontier_table(study: optuna.Study, fmt: str = "md") -> str:
     table = table.dropna(axis=1, how="all").set_index("trial")
     if fmt == "csv":
         return table.to_csv()
-    if fmt == "md":
-        return table.to_markdown(floatfmt=".4g")
+    if fmt == "md":  # a setting that a trial's head does not have is blank, not nan
+        return table.astype(object).where(table.notna(), None).to_markdown(floatfmt=".4g")
     if fmt == "latex":
         n = len(df[df["state"] == "complete"])
         caption = (

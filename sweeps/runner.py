@@ -32,6 +32,10 @@ from pathlib import Path
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
+
+# study.optimize runs the heartbeat thread itself; with ask/tell (which a shared budget needs)
+# it is ours to run, with Optuna's own helpers
+from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
 from optuna.trial import TrialState
 
 from sweeps.cost import trial_cost
@@ -97,8 +101,7 @@ def _next_trial(study: optuna.Study, url: str, n_trials: int) -> optuna.Trial | 
         b = budget(study.get_trials(deepcopy=False))
         if b["waiting"] or b["used"] < n_trials:
             return study.ask()  # pops a queued retry first
-    heartbeat = optuna.storages._heartbeat.is_heartbeat_enabled(study._storage)
-    return "wait" if b["running"] and heartbeat else "done"
+    return "wait" if b["running"] and is_heartbeat_enabled(study._storage) else "done"
 
 
 def work(
@@ -144,9 +147,6 @@ def run_trial(
     study: optuna.Study, trial: optuna.Trial, cfg: dict, out: Path, wandb_mode: str
 ) -> TrialState:
     """Run one trial and tell the study how it ended (its message kept if it failed)."""
-    # study.optimize runs the heartbeat thread itself; with ask/tell it is ours to run
-    from optuna.storages._heartbeat import get_heartbeat_thread
-
     t0 = time.perf_counter()
     with get_heartbeat_thread(trial._trial_id, study._storage):
         values = None
@@ -179,6 +179,7 @@ def _attempt(
     from ablations.runner import run_name, train_and_score
 
     settings = suggest_settings(trial, cfg)
+    settings.setdefault("trainer", {}).setdefault("devices", 1)  # never "auto": all the GPUs
     name = f"t{trial.number:03d}-{run_name(settings)}"
     trial.set_user_attr("run", name)
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
@@ -231,7 +232,9 @@ def _report(number: int, state: TrialState, values, cfg: dict, seconds: float) -
     print(f"trial {number}: {what} ({seconds:.1f} s, pid {os.getpid()})", flush=True)
 
 
-def _worker_main(kw: dict) -> None:
+def _worker_main(kw: dict, gpu: int | None = None) -> None:
+    if gpu is not None:  # one GPU per worker; set before CUDA starts in this process
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
@@ -251,7 +254,8 @@ def run_sweep(
     wandb_mode: str = "offline",
 ) -> optuna.Study:
     """Create or resume the study, then run ``workers`` workers on it: in this process for one,
-    else as processes (each with its share of the CPU threads). Returns the study."""
+    else as processes, each with its share of the CPU threads and, where there are at least as
+    many GPUs as workers, a GPU of its own. Returns the study."""
     study = create_study(cfg, url, study_name)
     out.mkdir(parents=True, exist_ok=True)
     kw = dict(
@@ -266,10 +270,17 @@ def run_sweep(
     if workers <= 1:
         work(**kw)
         return study
+    import torch
+
     threads = max(1, (os.cpu_count() or 1) // workers)
+    gpus = torch.cuda.device_count()
     ctx = mp.get_context("spawn")  # no forked torch or database state
     procs = [
-        ctx.Process(target=_worker_main, args=({**kw, "threads": threads},)) for _ in range(workers)
+        ctx.Process(
+            target=_worker_main,
+            args=({**kw, "threads": threads}, i if gpus >= workers else None),
+        )
+        for i in range(workers)
     ]
     for p in procs:
         p.start()

@@ -128,6 +128,13 @@ def load_sweep(path: str | Path) -> dict:
             check()
         except ConfigError as e:
             fail((key,), str(e))
+    trainer = cfg["base"].get("trainer") or {}
+    if trainer.get("devices", 1) not in (1, "1", [0]) or trainer.get("num_nodes", 1) != 1:
+        fail(
+            ("base", "trainer"),
+            "a sweep trial trains on one device: scale a sweep with workers (--workers K, one "
+            "GPU each, or the same command on several machines), not trainer.devices/num_nodes",
+        )
     seen: dict[str, dict] = {}
     for name, entry in cfg["space"].items():
         where = ("space", name)

@@ -79,6 +79,9 @@ def test_sweep_file_errors_name_the_line(tmp_path, capsys):
         path.write_text(base + body)
         with pytest.raises(ConfigError, match=rf"bad\.yaml:{line}: .*{msg}"):
             load_sweep(path)
+    path.write_text("base:\n  trainer: {devices: 4}\nspace:\n  a: {choices: [1]}\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml:2: a sweep trial trains on one device"):
+        load_sweep(path)
     # the CLI refuses pruning a multi-objective sweep with one clear line, and runs nothing
     path.write_text(base + "mode: multi\npruner: median\nspace:\n  a: {choices: [1]}\n")
     with pytest.raises(SystemExit) as e:
@@ -259,6 +262,23 @@ def test_budget_pruning_and_failures_single_objective(synth_root, tmp_path):
         else:  # trained, then pruned by the Lightning callback after its first validation
             assert t.state == TrialState.PRUNED and list(t.intermediate_values) == [0]
             assert "pruned at epoch 0" in t.user_attrs["pruned"]
+
+
+@pytest.mark.slow
+def test_nan_loss_fails_the_trial_and_the_sweep_goes_on(synth_root, tmp_path):
+    cfg = _sweep_cfg(synth_root)
+    cfg["space"] = {"model.lr": {"choices": [1e30, 1e-3]}, "model.head": {"choices": ["frame"]}}
+    cfg = _load(tmp_path, cfg)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = create_study(cfg, url, "s")
+    study.enqueue_trial({"model.lr": 1e30})  # weights blow up: the loss turns NaN
+    study.enqueue_trial({"model.lr": 1e-3})
+    run_sweep(cfg, url, "s", 2, tmp_path / "out", wandb_mode="disabled")
+    first, second = _trials(url, "s")
+    assert first.state == TrialState.FAIL
+    assert first.user_attrs["error"].startswith("FloatingPointError: loss is nan at step")
+    assert "training_step" in first.user_attrs["traceback"]
+    assert second.state == TrialState.COMPLETE and len(second.values) == 2
 
 
 def _sweep_cmd(path, *args) -> list[str]:
