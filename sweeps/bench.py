@@ -6,7 +6,8 @@
 * The sweep machinery's overhead per trial: one architecture trained R times by the ablation
   runner's ``train_and_score`` alone (cost already cached, W&B offline), against R identical
   queued trials through ``run_sweep`` (study, lock, stale-trial check, ask, suggest, heartbeat
-  thread, user attributes, tell), alternated over rounds; wall clock per trial.
+  thread, user attributes, tell), alternated over rounds; wall clock per trial. And, measured
+  inside the same swept runs, the seconds each trial spends outside ``train_and_score``.
 """
 
 from __future__ import annotations
