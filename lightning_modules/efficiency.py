@@ -19,6 +19,7 @@ import resource
 import statistics
 import time
 from collections import deque
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -145,18 +146,36 @@ def cache_path() -> Path:
     return root / "costs" / f"timm-{timm.__version__}-torch-{torch.__version__.split('+')[0]}.json"
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def cached_row(path: Path, key: str, compute: Callable[[], dict]) -> dict:
+    """A JSON file of ``{key: row}`` shared by processes: the row of ``key``, or ``compute()``
+    written in (read afresh first, so another process's rows are kept; replaced atomically)."""
+    row = _read_json(path).get(key)
+    if row is not None:
+        return row
+    row = compute()
+    cache = {**_read_json(path), key: row}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(cache))
+    os.replace(tmp, path)
+    return row
+
+
 def static_costs(spec: ModelSpec, model: nn.Module | None = None) -> dict:
     """Parameters and MACs of an architecture, cached on disk per architecture key (a sweep
     counts each architecture once, whatever its learning rate)."""
-    path = cache_path()
     key = hashlib.sha1(spec.key().encode()).hexdigest()
-    try:
-        cache = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    if key in cache:
-        return cache[key]
-    model = model or spec.build()
+    return cached_row(cache_path(), key, lambda: _count(spec, model or spec.build()))
+
+
+def _count(spec: ModelSpec, model: nn.Module) -> dict:
     params = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
     if spec.head == "none":
         backbone_m, head_m = params(model), 0.0
@@ -181,11 +200,6 @@ def static_costs(spec: ModelSpec, model: nn.Module | None = None) -> dict:
         head = macs - count_macs(model.encoder, spec.example(1))
         row["head_gmacs_per_clip"] = round(head / 1e9, 5)
         row["stream_gmacs_per_new_frame"] = round((enc + head) / 1e9, 5)
-    cache[key] = row
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(cache))
-    os.replace(tmp, path)
     return row
 
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 
 import torch
 
 from datamodules.bench import cpu_name
-from lightning_modules.efficiency import ModelSpec, cache_path, profile
+from lightning_modules.efficiency import ModelSpec, cache_path, cached_row, profile
 
 
 def trial_cost(settings: dict) -> dict:
@@ -22,22 +21,9 @@ def trial_cost(settings: dict) -> dict:
     where = torch.cuda.get_device_name() if device == "cuda" else cpu_name()
     conditions = {"arch": spec.key(), "device": where, "threads": torch.get_num_threads()}
     key = hashlib.sha1(json.dumps(conditions, sort_keys=True).encode()).hexdigest()
-    path = cache_path().with_name("latency.json")
-    try:
-        cache = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    if key in cache:
-        return cache[key]
-    row = profile(spec, device=device, batch=1, warmup=2, runs=5)
-    row = {k: v for k, v in row.items() if k not in ("backbone", "head", "tasks")}
-    try:  # a fresh read: another worker may have written meanwhile
-        cache = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    cache[key] = row
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(cache))
-    os.replace(tmp, path)
-    return row
+
+    def measure() -> dict:
+        row = profile(spec, device=device, batch=1, warmup=2, runs=5)
+        return {k: v for k, v in row.items() if k not in ("backbone", "head", "tasks")}
+
+    return cached_row(cache_path().with_name("latency.json"), key, measure)

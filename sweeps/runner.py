@@ -100,7 +100,10 @@ def _next_trial(study: optuna.Study, url: str, n_trials: int) -> optuna.Trial | 
         fail_stale_trials(study)  # dead workers' trials: FAIL, their retries queued
         b = budget(study.get_trials(deepcopy=False))
         if b["waiting"] or b["used"] < n_trials:
-            return study.ask()  # pops a queued retry first
+            trial = study.ask()  # pops a queued retry first
+            if is_heartbeat_enabled(study._storage):  # from its first instant: a worker killed
+                study._storage.record_heartbeat(trial._trial_id)  # now still leaves a stale trial
+            return trial
     return "wait" if b["running"] and is_heartbeat_enabled(study._storage) else "done"
 
 
@@ -113,6 +116,7 @@ def work(
     timeout: float | None = None,
     wandb_mode: str = "offline",
     threads: int | None = None,
+    worker: int = 0,
 ) -> int:
     """One worker: run trials of the study until the budget is spent (or ``timeout`` s have
     passed: no new trial starts after it). Returns the number of trials it ran."""
@@ -126,7 +130,7 @@ def work(
     study = optuna.load_study(
         study_name=study_name,
         storage=storage,
-        sampler=make_sampler(cfg["sampler"]),
+        sampler=make_sampler(cfg["sampler"], worker),
         pruner=make_pruner(cfg["pruner"]) or optuna.pruners.NopPruner(),
     )
     t0, ran = time.monotonic(), 0
@@ -278,7 +282,7 @@ def run_sweep(
     procs = [
         ctx.Process(
             target=_worker_main,
-            args=({**kw, "threads": threads}, i if gpus >= workers else None),
+            args=({**kw, "threads": threads, "worker": i}, i if gpus >= workers else None),
         )
         for i in range(workers)
     ]

@@ -196,10 +196,14 @@ def make_pruner(spec) -> optuna.pruners.BasePruner | None:
     return _named(spec, PRUNERS, optuna.pruners, "pruner")
 
 
-def make_sampler(spec) -> optuna.samplers.BaseSampler:
+def make_sampler(spec, worker: int = 0) -> optuna.samplers.BaseSampler:
     """``tpe`` or ``{name: tpe, seed: 0}`` -> an Optuna sampler. TPE defaults to multivariate
-    and grouped (it models the conditional space's branches apart)."""
+    and grouped (it models the conditional space's branches apart). A seed makes a one-worker
+    sweep repeatable; local worker ``i`` takes seed + i, so workers never draw the same
+    trials (on several machines, give each its own seed)."""
     kw = dict(spec) if isinstance(spec, dict) else {"name": spec}
+    if kw.get("seed") is not None:
+        kw["seed"] = int(kw["seed"]) + worker
     if SAMPLERS.get(kw["name"], kw["name"]) == "TPESampler":
         kw = {"multivariate": True, "group": True, **kw}
     return _named(kw, SAMPLERS, optuna.samplers, "sampler")

@@ -45,6 +45,24 @@ def write_tree(
     return root
 
 
+TINY = "mobilenetv4_conv_small_035"
+
+
+def tiny_base(root) -> dict:
+    """Settings of a tiny, seconds-long training run on ``root`` (ablation and sweep tests)."""
+    return {
+        "model": {"backbone": TINY, "tasks": "va", "seq_len": 8, "img_size": 112},
+        "data": {"root": str(root), "batch_size": 4, "num_workers": 0},
+        "trainer": {
+            "max_epochs": 1,
+            "limit_train_batches": 2,
+            "limit_val_batches": 2,
+            "limit_test_batches": 1,
+        },
+        "seed": 0,
+    }
+
+
 def va_text(values: list[tuple[float, float]], eol: str = "\n") -> str:
     return eol.join(["valence,arousal", *(f"{a},{b}" for a, b in values)]) + eol
 

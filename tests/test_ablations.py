@@ -3,6 +3,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY, tiny_base
 from PIL import Image
 from wandb_files import read_offline_run
 
@@ -12,25 +13,11 @@ from ablations.runner import ResultsStore, run_grid, run_name
 from ablations.tables import render, summarise
 from affbench.errors import ConfigError
 
-TINY = "mobilenetv4_conv_small_035"
-
 
 def _cfg(root, heads, seeds=(0,), **model):
-    return {
-        "name": "t",
-        "base": {
-            "model": {"backbone": TINY, "tasks": "va", "seq_len": 8, "img_size": 112, **model},
-            "data": {"root": str(root), "batch_size": 4, "num_workers": 0},
-            "trainer": {
-                "max_epochs": 1,
-                "limit_train_batches": 2,
-                "limit_val_batches": 2,
-                "limit_test_batches": 1,
-            },
-            "seed": 0,
-        },
-        "grid": {"model.head": list(heads), "seed": list(seeds)},
-    }
+    base = tiny_base(root)
+    base["model"].update(model)
+    return {"name": "t", "base": base, "grid": {"model.head": list(heads), "seed": list(seeds)}}
 
 
 def test_grid_expansion_and_keys(tmp_path):

@@ -10,6 +10,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+from conftest import TINY, tiny_base
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 from PIL import Image
@@ -22,24 +23,13 @@ from sweeps.frontier import frontier_table, trials_frame, write_frontier
 from sweeps.runner import budget, create_study, run_sweep
 from sweeps.space import load_sweep, suggest
 
-TINY = "mobilenetv4_conv_small_035"
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _sweep_cfg(root, **top) -> dict:
     return {
         "name": "s",
-        "base": {
-            "model": {"backbone": TINY, "tasks": "va", "seq_len": 8, "img_size": 112},
-            "data": {"root": str(root), "batch_size": 4, "num_workers": 0},
-            "trainer": {
-                "max_epochs": 1,
-                "limit_train_batches": 2,
-                "limit_val_batches": 2,
-                "limit_test_batches": 1,
-            },
-            "seed": 0,
-        },
+        "base": tiny_base(root),
         "heartbeat": {"interval": 1, "grace": 3},
         "space": {
             "model.head": {"choices": ["frame", "gru"]},
@@ -97,6 +87,21 @@ def test_shipped_sweeps_load():
     big = load_sweep("sweeps/configs/frontier.yaml")
     assert quick["mode"] == "multi" and big["latency_objective"]
     assert "model.backbone" in big["space"] and len(big["space"]["model.backbone"]["choices"]) >= 5
+
+
+def test_frontier_space_builds_every_head():
+    """Every head's settings in the shipped full space are ones the head accepts (built with a
+    tiny backbone at 112 px, so the test stays fast)."""
+    cfg = load_sweep("sweeps/configs/frontier.yaml")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for head in cfg["space"]["model.head"]["choices"]:
+        for _ in range(3):
+            study.enqueue_trial({"model.head": head})
+            trial = study.ask()
+            model = suggest(trial, cfg)["model"]
+            study.tell(trial, 0.0)
+            spec = ModelSpec.from_settings({**model, "backbone": TINY, "img_size": 112})
+            assert spec.build().hparams.head == head
 
 
 def test_conditional_space(tmp_path):
@@ -301,11 +306,13 @@ def _wait_for(predicate, seconds: float, what: str):
 
 def _check_wandb_runs(folder: Path, trials, study: str = "s") -> None:
     """Every finished trial has its W&B run with its objectives in the summary."""
-    runs = {}
+    runs, names = {}, []
     for d in folder.glob("wandb/offline-run-*"):
         r = read_offline_run(d)
         if "name" in r:  # a killed worker's run may end before its first record
             runs[r["name"]] = r
+            names.append(r["name"])
+    assert len(names) == len(set(names))  # one run per trial, none twice
     for t in trials:
         if t.state != TrialState.COMPLETE:
             continue
