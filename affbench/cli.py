@@ -238,7 +238,7 @@ def _frontier(args: argparse.Namespace) -> None:
             + (", ".join(names) or "none")
         ) from None
     print(frontier_table(st, args.format))
-    if not args.no_plot:
+    if not args.no_plot and any(t.state.name == "COMPLETE" for t in st.get_trials(deepcopy=False)):
         out = Path(args.out or Path(STUDIES_DIR) / args.study / "frontier.png")
         mode = wandb_mode(args.no_wandb)
         plot = write_frontier(st, out, mode)

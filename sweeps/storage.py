@@ -95,7 +95,7 @@ def budget_lock(url: str, study: str) -> Iterator[None]:
     else:  # another database: no lock; the last trials may overshoot by a worker or two
         yield
         return
-    with open(path.with_name(path.name + ".lock"), "a") as f:
+    with open(path.with_name(path.name + ".budget-lock"), "a") as f:  # not Optuna's .lock
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield

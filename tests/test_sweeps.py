@@ -22,6 +22,7 @@ from lightning_modules.efficiency import ModelSpec, static_costs
 from sweeps.frontier import frontier_table, trials_frame, write_frontier
 from sweeps.runner import budget, create_study, run_sweep
 from sweeps.space import load_sweep, suggest
+from sweeps.storage import open_storage
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -284,6 +285,17 @@ def test_nan_loss_fails_the_trial_and_the_sweep_goes_on(synth_root, tmp_path):
     assert first.user_attrs["error"].startswith("FloatingPointError: loss is nan at step")
     assert "training_step" in first.user_attrs["traceback"]
     assert second.state == TrialState.COMPLETE and len(second.values) == 2
+
+
+@pytest.mark.slow
+def test_journal_file_storage(synth_root, tmp_path):
+    cfg = _load(tmp_path, _sweep_cfg(synth_root))
+    url = f"journal:///{tmp_path / 'shared' / 's.log'}"
+    run_sweep(cfg, url, "s", 2, tmp_path / "out", wandb_mode="disabled")
+    run_sweep(cfg, url, "s", 3, tmp_path / "out", wandb_mode="disabled")  # a larger budget
+    trials = _trials(open_storage(url), "s")
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert (tmp_path / "shared" / "s.log.budget-lock").exists()  # the budget lock beside it
 
 
 def _sweep_cmd(path, *args) -> list[str]:
