@@ -34,7 +34,15 @@ import optuna
 import yaml
 
 from affbench.errors import ConfigError
-from lightning_modules.scoring import MONITOR
+from lightning_modules.scoring import (
+    AROUSAL,
+    AU_TUNED,
+    MEASURE,
+    MONITOR,
+    SCORE,
+    VALENCE,
+    metric_key,
+)
 
 KEYS = {
     "name",
@@ -118,8 +126,14 @@ def load_sweep(path: str | Path) -> dict:
     cfg["heartbeat"] = {"interval": 10, "grace": 60, **(cfg.get("heartbeat") or {})}
     if cfg["mode"] not in ("multi", "single"):
         fail(("mode",), f"mode must be multi or single, got {cfg['mode']!r}")
+    measures = [
+        metric_key("val", n) for n in (*MEASURE.values(), VALENCE, AROUSAL, AU_TUNED, SCORE)
+    ]
+    if cfg["metric"] not in measures:
+        fail(("metric",), f"metric {cfg['metric']!r} is not a measure; measures: {measures}")
+    has_pruner = cfg["pruner"] not in (None, "none")
     checks = (
-        ("pruner" if "pruner" in cfg else "mode", lambda: check_modes(cfg)),
+        ("pruner" if has_pruner else "latency_objective", lambda: check_modes(cfg)),
         ("pruner", lambda: make_pruner(cfg["pruner"])),
         ("sampler", lambda: make_sampler(cfg["sampler"])),
     )

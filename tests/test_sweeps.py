@@ -64,6 +64,8 @@ def test_sweep_file_errors_name_the_line(tmp_path, capsys):
         "space:\n  a: {choices: [1]}\nsurprise: 1\n": (5, "unknown key 'surprise'"),
         "mode: multi\npruner: median\nspace:\n  a: {choices: [1]}\n": (4, "cannot prune multi"),
         "pruner: nope\nmode: single\nspace:\n  a: {choices: [1]}\n": (3, "unknown pruner"),
+        "mode: single\nlatency_objective: true\nspace:\n  a: {choices: [1]}\n": (4, "needs mode"),
+        "metric: val/va_cc\nspace:\n  a: {choices: [1]}\n": (3, "'val/va_cc' is not a measure"),
     }
     for body, (line, msg) in cases.items():
         path = tmp_path / "bad.yaml"
