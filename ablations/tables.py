@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pandas.io.formats.style import Styler
 
 LOWER_IS_BETTER = ("loss",)  # a measure whose name holds one of these is minimised
 
@@ -100,6 +101,17 @@ def caption(df: pd.DataFrame, metric: str) -> str:
     return " ".join(parts)
 
 
+def latex_escaped(styler: Styler, **format_kw) -> Styler:
+    """Cells, labels and index names with LaTeX's special characters escaped (``mobilenetv4_conv``
+    would not compile): pandas' own escaping. ``format_kw`` go to ``Styler.format``."""
+    styler = styler.format(escape="latex", **format_kw).format_index(escape="latex", axis=0)
+    styler = styler.format_index(escape="latex", axis=1)
+    if hasattr(styler, "format_index_names"):  # pandas >= 3
+        styler = styler.format_index_names(escape="latex", axis=0)
+        styler = styler.format_index_names(escape="latex", axis=1)
+    return styler
+
+
 def render(df: pd.DataFrame, rows: str, cols: str, metric: str, fmt: str = "md") -> str:
     """The table as Markdown, LaTeX (a ``table`` environment, via pandas' Styler) or CSV."""
     text, best = table_frame(df, rows, cols, metric)
@@ -113,9 +125,11 @@ def render(df: pd.DataFrame, rows: str, cols: str, metric: str, fmt: str = "md")
         bold.columns = [" ".join(c).strip() for c in bold.columns]
         return bold.to_markdown() + f"\n\n{cap}\n"
     if fmt == "latex":
-        styler = text.style.apply(lambda _: np.where(best, "font-weight: bold;", ""), axis=None)
+        styler = latex_escaped(
+            text.style.apply(lambda _: np.where(best, "font-weight: bold;", ""), axis=None)
+        )
         return styler.to_latex(
-            caption=cap.replace("±", r"$\pm$"),
+            caption=cap.replace("_", r"\_").replace("±", r"$\pm$"),
             label=f"tab:{_label(metric)}",
             hrules=True,
             environment="table",

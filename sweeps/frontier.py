@@ -16,6 +16,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from ablations.frontier import frontier_plot, pareto_mask
+from ablations.tables import latex_escaped
 from sweeps.space import COST, LATENCY
 
 COLUMNS = {COST: "GMACs / frame", "params_total_m": "Params (M)", LATENCY: "Latency (ms)"}
@@ -71,8 +72,9 @@ def frontier_table(study: optuna.Study, fmt: str = "md") -> str:
             f"{metric.split('/')[-1]} against cost. MACs are multiply-accumulates "
             "(1 MAC = 2 FLOPs) per frame."
         )
-        fmt_cols = {c: "{:.4g}" for c in table.select_dtypes("number").columns}
-        return table.style.format(fmt_cols, na_rep="").to_latex(
+        numbers = {c: "{:.4g}" for c in table.select_dtypes("number").columns}
+        styler = latex_escaped(table.style, formatter=numbers, na_rep="")
+        return styler.to_latex(
             caption=caption.replace("_", r"\_"),
             label=f"tab:{study.study_name}-front",
             hrules=True,

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -155,12 +156,12 @@ def _known_study(storage=None, name="known") -> optuna.Study:
         storage=storage, study_name=name, directions=["maximize", "minimize"]
     )
     study.set_metric_names(["val/score", "gmacs_per_frame"])
-    dist = {"model.head": CategoricalDistribution(["frame", "gru", "mixer3"])}
+    dist = {"model.head": CategoricalDistribution(["frame", "gru", "mixer3_frame"])}
     for score, gmacs, head in (
         (0.50, 0.05, "frame"),  # front: the cheapest
         (0.45, 0.06, "frame"),  # beaten by 0
         (0.60, 0.07, "gru"),  # front
-        (0.70, 0.20, "mixer3"),  # front: the best
+        (0.70, 0.20, "mixer3_frame"),  # front: the best
         (0.55, 0.20, "gru"),  # beaten by 3
     ):
         study.add_trial(
@@ -185,12 +186,14 @@ def test_frontier_lists_exactly_the_pareto_set(tmp_path, capsys):
     assert list(csv["trial"]) == [0, 2, 3]  # cheapest first
     assert list(csv["val/score"]) == [0.50, 0.60, 0.70]
     assert list(csv["GMACs / frame"]) == [0.05, 0.07, 0.20]
-    assert list(csv["head"]) == ["frame", "gru", "mixer3"]
+    assert list(csv["head"]) == ["frame", "gru", "mixer3_frame"]
     md = frontier_table(study, "md")
     assert md.count("\n|") == 4  # header rule + three rows
     tex = frontier_table(study, "latex")
     rows = [line.split(" & ")[0] for line in tex.splitlines() if line.endswith("\\\\")]
     assert "\\begin{table}" in tex and rows[-3:] == ["0", "2", "3"] and len(rows) == 5
+    no_label = "\n".join(ln for ln in tex.splitlines() if not ln.startswith("\\label"))
+    assert re.search(r"(?<!\\)_", no_label) is None and "mixer3\\_frame" in tex  # compiles
     png = write_frontier(study, tmp_path / "f.png")
     Image.open(png).verify()
 
