@@ -189,7 +189,7 @@ def _sweep(args: argparse.Namespace) -> None:
     from sweeps.frontier import frontier_table, write_frontier
     from sweeps.runner import budget, run_sweep
     from sweeps.space import load_sweep
-    from sweeps.storage import default_storage
+    from sweeps.storage import default_storage, shown
 
     cfg = load_sweep(args.config)
     _override(cfg, (args.set or []) + ([f"data.root={args.data_root}"] if args.data_root else []))
@@ -205,7 +205,7 @@ def _sweep(args: argparse.Namespace) -> None:
     mode = wandb_mode(args.no_wandb)
     os.environ.setdefault("WANDB_SILENT", "true")  # the trial lines and the table say enough
     out = Path(args.studies) / study
-    print(f"study {study!r} in {url}: {n_trials} trials, {args.workers} worker(s)")
+    print(f"study {study!r} in {shown(url)}: {n_trials} trials, {args.workers} worker(s)")
     st = run_sweep(cfg, url, study, n_trials, out, args.workers, args.timeout, mode)
     trials = st.get_trials(deepcopy=False)
     counts = {s: sum(t.state.name.lower() == s for t in trials) for s in ("complete", "pruned")}
@@ -219,6 +219,7 @@ def _sweep(args: argparse.Namespace) -> None:
     if counts["complete"]:
         plot = write_frontier(st, out / "frontier.png", mode, wandb_dir=out)
         print(f"frontier plot: {plot}")
+    url = shown(url)
     print(f"all trials: affbench frontier --storage {url} --study {study}; optuna-dashboard {url}")
 
 
@@ -227,14 +228,14 @@ def _frontier(args: argparse.Namespace) -> None:
 
     from ablations.runner import wandb_mode
     from sweeps.frontier import frontier_table, write_frontier
-    from sweeps.storage import open_storage
+    from sweeps.storage import open_storage, shown
 
     try:
         st = optuna.load_study(study_name=args.study, storage=open_storage(args.storage))
     except KeyError:
         names = optuna.get_all_study_names(open_storage(args.storage))
         raise SystemExit(
-            f"affbench: error: no study {args.study!r} in {args.storage}; it has: "
+            f"affbench: error: no study {args.study!r} in {shown(args.storage)}; it has: "
             + (", ".join(names) or "none")
         ) from None
     print(frontier_table(st, args.format))

@@ -41,7 +41,7 @@ from optuna.trial import TrialState
 from sweeps.cost import trial_cost
 from sweeps.space import COST, LATENCY, directions, make_pruner, make_sampler, objective_names
 from sweeps.space import suggest as suggest_settings
-from sweeps.storage import budget_lock, open_storage
+from sweeps.storage import budget_lock, open_storage, shown
 
 log = logging.getLogger("affbench.sweep")
 # ask/tell with a heartbeat is what several workers sharing one budget need (module docstring)
@@ -74,7 +74,7 @@ def create_study(cfg: dict, url: str, study: str) -> optuna.Study:
         from affbench.errors import ConfigError
 
         raise ConfigError(
-            f"study {study!r} in {url} optimises {[d.name.lower() for d in st.directions]}, "
+            f"study {study!r} in {shown(url)} optimises {[d.name.lower() for d in st.directions]}, "
             f"this sweep file {directions(cfg)}: use another --study name"
         )
     st.set_metric_names(objective_names(cfg))

@@ -44,6 +44,15 @@ def driver_url(url: str) -> str:
     )
 
 
+def shown(url: str) -> str:
+    """The URL as printed: a database password replaced by ***."""
+    if url.startswith(("postgresql", "mysql")):
+        import sqlalchemy as sa
+
+        return sa.make_url(url).render_as_string(hide_password=True)
+    return url
+
+
 def open_storage(url: str, heartbeat: dict | None = None) -> optuna.storages.BaseStorage:
     """An Optuna storage for ``url``. With a database, trials send a heartbeat every
     ``interval`` s; one silent for ``grace`` s is failed and retried once (as a new trial)."""
@@ -66,7 +75,7 @@ def open_storage(url: str, heartbeat: dict | None = None) -> optuna.storages.Bas
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
         )
     except Exception as e:  # an unreachable server, a wrong password, a missing driver
-        raise ConfigError(f"cannot open storage {url}: {e}".splitlines()[0]) from None
+        raise ConfigError(f"cannot open storage {shown(url)}: {e}".splitlines()[0]) from None
 
 
 @contextlib.contextmanager

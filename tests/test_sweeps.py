@@ -204,6 +204,11 @@ def test_frontier_lists_exactly_the_pareto_set(tmp_path, capsys):
     assert pd.read_csv(pd.io.common.StringIO(out))["trial"].tolist() == [0, 2, 3]
     with pytest.raises(SystemExit, match="no study 'nope'.*known"):
         main(["frontier", "--storage", storage, "--study", "nope"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # an unreachable server: one line, the password hidden
+        main(["frontier", "--storage", "postgresql://me:secret@127.0.0.1:1/db", "--study", "x"])
+    err = capsys.readouterr().err
+    assert "cannot open storage postgresql://me:***@127.0.0.1:1/db" in err and "secret" not in err
 
     # single objective: the front is taken on (measure, GMACs per frame)
     single = optuna.create_study(study_name="one", direction="maximize")
