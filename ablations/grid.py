@@ -46,7 +46,8 @@ def load_grid(path: str | Path) -> dict:
     return cfg
 
 
-def _set(tree: dict, dotted: str, value) -> None:
+def set_path(tree: dict, dotted: str, value) -> None:
+    """``tree["model"]["head_kwargs"]["hidden"] = value`` for ``"model.head_kwargs.hidden"``."""
     *parents, leaf = dotted.split(".")
     for p in parents:
         tree = tree.setdefault(p, {})
@@ -66,7 +67,7 @@ def expand(cfg: dict) -> list[dict]:
         settings = copy.deepcopy(cfg["base"])
         chosen = {}
         for (axis, _), value in zip(axes, values, strict=True):
-            _set(settings, axis, value)
+            set_path(settings, axis, value)
             chosen[axis] = value
         runs.append({"key": run_key(settings), "settings": settings, "axes": chosen})
     return runs

@@ -133,18 +133,16 @@ def _profile(args: argparse.Namespace) -> None:
 
 
 def _override(cfg: dict, assignments: list[str]) -> None:
-    """``--set model.lr=0.001``-style overrides of an ablation's base settings (YAML values)."""
+    """``--set model.lr=0.001``-style overrides of an ablation's or a sweep's base settings."""
     import yaml
+
+    from ablations.grid import set_path
 
     for a in assignments:
         key, sep, value = a.partition("=")
         if not sep:
             raise SystemExit(f"affbench: error: --set expects key=value, got {a!r}")
-        tree = cfg["base"]
-        *parents, leaf = key.split(".")
-        for p in parents:
-            tree = tree.setdefault(p, {})
-        tree[leaf] = yaml.safe_load(value)
+        set_path(cfg["base"], key, yaml.safe_load(value))
 
 
 def _ablate(args: argparse.Namespace) -> None:

@@ -79,13 +79,14 @@ def bench_sweep(
     cfg = load_sweep(config)
     cpu = os.cpu_count() or 1
     cache = os.environ.get("AFFBENCH_CACHE")
-    rows = []
+    rows, caches = [], []
     try:
         params = _draw(cfg, trials)
         for workers in (1, 2):
             # a fresh cost cache: each run measures its architectures' costs once, as a new
             # sweep does
-            os.environ["AFFBENCH_CACHE"] = tempfile.mkdtemp(prefix="affbench-bench-cache-")
+            caches.append(tempfile.mkdtemp(prefix="affbench-bench-cache-"))
+            os.environ["AFFBENCH_CACHE"] = caches[-1]
             seconds, _ = _run(cfg, root, f"throughput-w{workers}", params, workers)
             rows.append(
                 {
@@ -139,6 +140,8 @@ def bench_sweep(
             }
         )
     finally:
+        for d in caches:
+            shutil.rmtree(d, ignore_errors=True)
         if cache is None:
             os.environ.pop("AFFBENCH_CACHE", None)
         else:

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pandas as pd
-from optuna.trial import TrialState
 
 from ablations.frontier import frontier_plot, pareto_mask
 from ablations.tables import latex_escaped
@@ -133,7 +132,3 @@ def write_frontier(
         )
         run.finish()
     return Path(out)
-
-
-def finished(study: optuna.Study) -> int:
-    return sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))

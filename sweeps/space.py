@@ -33,6 +33,7 @@ from pathlib import Path
 import optuna
 import yaml
 
+from ablations.grid import set_path
 from affbench.errors import ConfigError
 from lightning_modules.scoring import (
     AROUSAL,
@@ -236,13 +237,6 @@ def objective_names(cfg: dict) -> list[str]:
     return [cfg["metric"], COST] + ([LATENCY] if cfg["latency_objective"] else [])
 
 
-def _set(tree: dict, dotted: str, value) -> None:
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-        tree = tree.setdefault(p, {})
-    tree[leaf] = value
-
-
 def suggest(trial: optuna.Trial, cfg: dict) -> dict:
     """The trial's settings: ``base`` with every active space entry suggested into place."""
     settings = copy.deepcopy(cfg["base"])
@@ -264,5 +258,5 @@ def suggest(trial: optuna.Trial, cfg: dict) -> dict:
                 name, low, high, log=entry.get("log", False), step=entry.get("step", 1)
             )
         taken[name] = value
-        _set(settings, entry.get("path", name), value)
+        set_path(settings, entry.get("path", name), value)
     return settings
