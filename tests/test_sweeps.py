@@ -316,6 +316,13 @@ def _env(tmp_path) -> dict:
     return {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
 
 
+def _start(cmd: list[str], tmp_path: Path, log: str) -> subprocess.Popen:
+    """The command in the background, its output to a file (a pipe nobody reads while the test
+    polls would fill up and stall it)."""
+    with open(tmp_path / log, "w") as f:
+        return subprocess.Popen(cmd, env=_env(tmp_path), stdout=f, stderr=subprocess.STDOUT)
+
+
 def _wait_for(predicate, seconds: float, what: str):
     t0 = time.monotonic()
     while time.monotonic() - t0 < seconds:
@@ -366,24 +373,9 @@ def test_killed_worker_trial_is_retried(synth_root, tmp_path, postgres_url):
     cfg["base"]["trainer"]["limit_train_batches"] = 6  # long enough to be killed mid-trial
     path = _write(tmp_path, cfg)
     study = "killed"
-    proc = subprocess.Popen(
-        _sweep_cmd(
-            path,
-            "--storage",
-            postgres_url,
-            "--study",
-            study,
-            "--n-trials",
-            "4",
-            "--workers",
-            "2",
-            "--studies",
-            str(tmp_path / "studies"),
-        ),  # fmt: skip
-        env=_env(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    args = ["--storage", postgres_url, "--study", study, "--n-trials", "4", "--workers", "2"]
+    proc = _start(
+        _sweep_cmd(path, *args, "--studies", str(tmp_path / "studies")), tmp_path, "killed.log"
     )
     try:
         victim = _wait_for(
@@ -400,9 +392,10 @@ def test_killed_worker_trial_is_retried(synth_root, tmp_path, postgres_url):
         )
         pid = int(victim.user_attrs["worker"].split(":")[1])
         os.kill(pid, signal.SIGKILL)  # mid-trial: the attribute is set before its training
-        out, _ = proc.communicate(timeout=300)
+        proc.wait(timeout=300)
     finally:
         proc.kill()
+    out = (tmp_path / "killed.log").read_text()
     assert proc.returncode == 0, out
     trials = _trials(postgres_url, study)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -421,8 +414,7 @@ def test_interrupted_study_resumes_to_its_budget(synth_root, tmp_path):
     path = _write(tmp_path, _sweep_cfg(synth_root))
     db = tmp_path / "studies" / "s.db"
     cmd = _sweep_cmd(path, "--n-trials", "3", "--studies", str(tmp_path / "studies"))
-    proc = subprocess.Popen(cmd, env=_env(tmp_path), stdout=subprocess.PIPE, text=True,
-                            stderr=subprocess.STDOUT)  # fmt: skip
+    proc = _start(cmd, tmp_path, "first.log")
     url = f"sqlite:///{db}"
 
     def one_done_one_running():
@@ -432,7 +424,7 @@ def test_interrupted_study_resumes_to_its_budget(synth_root, tmp_path):
     try:
         _wait_for(one_done_one_running, 120, "one finished and one running trial")
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode != 0
