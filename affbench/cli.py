@@ -430,7 +430,7 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    from affbench.errors import ConfigError
+    from affbench.errors import ConfigError, DataError
     from datamodules.annotations import AnnotationError
 
     try:
@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             args = build_parser().parse_args(argv)
             args.func(args)
-    except (AnnotationError, ConfigError, FileNotFoundError, FileExistsError) as e:
+    except (AnnotationError, ConfigError, DataError, FileNotFoundError, FileExistsError) as e:
         # bad input: one clear line naming the file (and line), no traceback
         print(f"affbench: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
