@@ -1,4 +1,9 @@
+import multiprocessing as mp
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -9,7 +14,7 @@ from wandb_files import read_offline_run
 
 from ablations.frontier import frontier_plot, pareto_mask
 from ablations.grid import expand, load_grid
-from ablations.runner import ResultsStore, run_grid, run_name
+from ablations.runner import ResultsStore, check_runs, resume_checkpoint, run_grid, run_name
 from ablations.tables import render, summarise
 from affbench.errors import ConfigError
 
@@ -185,3 +190,229 @@ def test_dry_run_lists_combinations_with_cost(tmp_path, capsys):
     assert len(lines) == 4 and all("todo" in ln for ln in lines)
     assert "mobilenetv4_conv_small_035+mixer3_t8_r112_s1" in out
     assert not (tmp_path / "r").exists()  # nothing trained, nothing written
+
+
+def _grid_file(tmp_path, text: str) -> Path:
+    path = tmp_path / "g.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "text, line, message",
+    [
+        # a typo in a section name was ignored and the run trained with the defaults
+        ("name: g\nbase:\n  model: {head: frame}\n  trainr: {max_epochs: 1}\n", 4, "trainr"),
+        ("base:\n  model:\n    head: frame\n    lrr: 0.1\n", 4, "did you mean lr"),
+        ("base:\n  data: {batch_sise: 4}\n", 2, "batch_size"),
+        ("base:\n  model: {head: framez}\n", 2, "unknown head 'framez'"),
+        ("base:\n  model: {backbone: resnet_18}\n", 2, "unknown backbone 'resnet_18'"),
+        ("base: {}\ngrid:\n  model.hed: [frame]\n", 3, "grid axis 'model.hed'"),
+        ("base: {}\ngrid:\n  seed: [0]\n  model.head: [frame, lstm]\n", 4, "'lstm'"),
+        ("base: {}\ngrid:\n  model.backbone: [resnet18, resnet_99]\n", 3, "resnet_99"),
+        ("base: {}\ngrids:\n  seed: [0]\n", 2, "unknown key 'grids'"),
+    ],
+)
+def test_grid_file_errors_name_the_file_and_line(tmp_path, text, line, message):
+    path = _grid_file(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_grid(path)
+    assert str(e.value).startswith(f"{path}:{line}: ") and message in str(e.value)
+
+
+def test_grid_overrides_are_checked(tmp_path, capsys):
+    from affbench.cli import main
+
+    path = _grid_file(tmp_path, f"base:\n  model: {{backbone: {TINY}}}\n")
+    with pytest.raises(SystemExit) as e:
+        main(["ablate", str(path), "--set", "trainer.max_epoch=1", "--dry-run"])
+    assert e.value.code == 2
+    assert "--set trainer.max_epoch: unknown trainer setting" in capsys.readouterr().err
+
+
+def test_every_combination_is_checked_before_the_first_trains(synth_root, tmp_path):
+    cfg = _cfg(synth_root, ["frame", "mixer3"])
+    cfg["grid"]["model.seq_len"] = [8, 6]  # mixer3 needs T % 4 == 0
+    with pytest.raises(ConfigError) as e:
+        run_grid(cfg, tmp_path / "r")
+    msg = str(e.value)
+    assert msg.startswith("1 of 4 combinations cannot run, nothing was trained")
+    assert "tubelet length 4" in msg and "+mixer3_t6_r112_s0" in msg
+    assert not (tmp_path / "r").exists()
+    # several problems at once, in one line: a missing data root and an impossible stride
+    cfg = _cfg(tmp_path / "nowhere", ["frame", "gru"])
+    cfg["grid"]["data.stride"] = [4, 9]
+    cfg["grid"]["data.root"] = [str(synth_root), str(tmp_path / "nowhere")]
+    with pytest.raises(ConfigError) as e:
+        check_runs(expand(cfg))
+    msg = str(e.value)
+    assert msg.startswith("6 of 8 combinations cannot run") and "\n" not in msg
+    assert f"data root {tmp_path / 'nowhere'} does not exist" in msg
+    assert "stride must be in 1..seq_len=8, got 9" in msg
+
+
+def _cli(*args, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(Path.cwd())}
+    return subprocess.run(
+        [sys.executable, "-m", "affbench.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=600,
+    )
+
+
+def test_settings_errors_are_one_line_in_ablate_and_dry_run(synth_root, tmp_path):
+    path = _grid_file(
+        tmp_path,
+        f"base:\n  model: {{backbone: {TINY}, head: mixer3, seq_len: 6}}\n"
+        f"  data: {{root: {synth_root}}}\ngrid:\n  seed: [0, 1]\n",
+    )
+    for extra in ([], ["--dry-run"]):
+        r = _cli("ablate", str(path), "--results", str(tmp_path / "r"), *extra)
+        assert r.returncode == 2, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("affbench: error:"), r.stderr
+        assert "seq_len (T) = 6 is not divisible by the tubelet length 4" in lines[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_ablate_exits_non_zero_when_a_combination_failed(synth_root, tmp_path, capsys):
+    from affbench.cli import main
+
+    path = _grid_file(
+        tmp_path,
+        f"base:\n  model: {{backbone: {TINY}, head: frame, seq_len: 8, lr: -1.0}}\n"
+        f"  data: {{root: {synth_root}, batch_size: 2, num_workers: 0}}\n"
+        "  trainer: {max_epochs: 1, limit_train_batches: 1, limit_val_batches: 1}\n",
+    )
+    with pytest.raises(SystemExit) as e:
+        main(["ablate", str(path), "--results", str(tmp_path / "r"), "--no-wandb"])
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert "Invalid learning rate: -1.0" in err and "--retry-failed" in err
+    assert ResultsStore(tmp_path / "r" / "g").status() == {
+        expand(load_grid(path))[0]["key"]: "failed"
+    }
+
+
+def _put_rows(folder: str, worker: int, n: int) -> None:
+    store = ResultsStore(folder)
+    for i in range(n):
+        store.put({"key": f"w{worker}-{i}", "status": "done", "worker": worker})
+
+
+def test_store_never_loses_a_row_with_concurrent_writers(tmp_path):
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_put_rows, args=(str(tmp_path), w, 20)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0] * 4
+    df = ResultsStore(tmp_path).read()
+    assert len(df) == 80 and df["key"].is_unique
+    assert not list(tmp_path.glob(".results.*.csv"))
+
+
+def _hold_claim(folder: str, key: str, held, release) -> None:
+    claim = ResultsStore(folder).claim(key)
+    held.set()
+    release.wait(60)
+    claim.close()
+
+
+def test_a_claimed_combination_is_left_to_its_holder_until_it_dies(tmp_path):
+    ctx = mp.get_context("spawn")
+    held, release = ctx.Event(), ctx.Event()
+    p = ctx.Process(target=_hold_claim, args=(str(tmp_path), "k", held, release))
+    p.start()
+    assert held.wait(60)
+    store = ResultsStore(tmp_path)
+    assert store.claim("k") is None  # another process runs it
+    assert (other := store.claim("j")) is not None
+    other.close()
+    p.kill()  # the holder dies: the kernel drops its claim
+    p.join(60)
+    assert (again := store.claim("k")) is not None
+    again.close()
+
+
+def test_stale_temp_files_and_truncated_checkpoints_are_ignored(tmp_path):
+    (tmp_path / ".results.99999.csv").write_bytes(b"")  # a killed writer's, or a full disk's
+    store = ResultsStore(tmp_path)
+    store.put({"key": "a", "status": "done"})
+    assert not (tmp_path / ".results.99999.csv").exists() and store.status() == {"a": "done"}
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    import torch
+
+    torch.save({"state_dict": {"w": torch.zeros(3)}}, ckpts / "last.ckpt")
+    good = (ckpts / "last.ckpt").read_bytes()
+    (ckpts / "interrupted.ckpt").write_bytes(good[: len(good) // 2])  # newer, but truncated
+    assert resume_checkpoint(ckpts) == ckpts / "last.ckpt"
+    (ckpts / "last.ckpt").write_bytes(b"")
+    assert resume_checkpoint(ckpts) is None
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_grid_and_the_run_resumes_from_its_checkpoint(synth_root, tmp_path):
+    path = _grid_file(
+        tmp_path,
+        f"name: g\nbase:\n  model: {{backbone: {TINY}, seq_len: 8, img_size: 112}}\n"
+        f"  data: {{root: {synth_root}, batch_size: 2, num_workers: 0}}\n"
+        "  trainer: {max_epochs: 2, limit_train_batches: 3, limit_val_batches: 1, "
+        "limit_test_batches: 1}\ngrid:\n  model.head: [frame, gru]\n",
+    )
+    steps = tmp_path / "steps.log"
+    script = Path(__file__).with_name("ablate_with_sigterm.py")
+    cmd = [sys.executable, str(script), str(steps)]
+    args = ["ablate", str(path), "--results", str(tmp_path / "r"), "--no-wandb"]
+    env = {**os.environ, "PYTHONPATH": str(Path.cwd())}
+    first = subprocess.run([*cmd, "4", *args], capture_output=True, text=True, env=env)
+    assert first.returncode == 143, first.stderr  # 128 + SIGTERM
+    assert "interrupted by SIGTERM" in first.stderr
+    store = ResultsStore(tmp_path / "r" / "g")
+    frame_key, gru_key = (r["key"] for r in expand(load_grid(path)))
+    assert store.status() == {frame_key: "interrupted"}  # stopped: gru never started
+    saved = tmp_path / "r" / "g" / "checkpoints" / frame_key / "interrupted.ckpt"
+    import torch
+
+    assert torch.load(saved, weights_only=False)["global_step"] == 5  # where it stood
+    assert steps.read_text().split() == ["0", "1", "2", "3", "4"]
+
+    second = subprocess.run([*cmd, "-1", *args], capture_output=True, text=True, env=env)
+    assert second.returncode == 0, second.stderr
+    df = store.read().set_index("key")
+    assert df.loc[frame_key, "status"] == "done" and df.loc[gru_key, "status"] == "done"
+    assert df.loc[frame_key, "resumed_from"] == str(saved)
+    assert df.loc[frame_key, "steps"] == df.loc[gru_key, "steps"] == 6  # 2 epochs x 3 batches
+    # frame resumed at step 5 (one step left), then gru trained from 0: nothing ran twice
+    assert steps.read_text().split() == ["0", "1", "2", "3", "4", "5", *map(str, range(6))]
+    assert not saved.exists()
+
+
+@pytest.mark.slow
+def test_two_ablate_processes_on_one_folder_run_each_combination_once(synth_root, tmp_path):
+    heads = ["frame", "mean", "gru", "tcn"]
+    path = _grid_file(
+        tmp_path,
+        f"name: g\nbase:\n  model: {{backbone: {TINY}, seq_len: 8, img_size: 112}}\n"
+        f"  data: {{root: {synth_root}, batch_size: 2, num_workers: 0}}\n"
+        "  trainer: {max_epochs: 1, limit_train_batches: 2, limit_val_batches: 1, "
+        f"limit_test_batches: 1}}\ngrid:\n  model.head: [{', '.join(heads)}]\n",
+    )
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(Path.cwd())}
+    cmd = [sys.executable, "-m", "affbench.cli", "ablate", str(path), "--results", str(tmp_path)]
+    logs = [open(tmp_path / f"p{i}.log", "w") for i in range(2)]  # noqa: SIM115
+    procs = [subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT) for f in logs]
+    codes = [p.wait(timeout=600) for p in procs]
+    for f in logs:
+        f.close()
+    assert codes == [0, 0], [(tmp_path / f"p{i}.log").read_text()[-2000:] for i in range(2)]
+    df = ResultsStore(tmp_path / "g").read()
+    assert len(df) == 4 and df["key"].is_unique and (df["status"] == "done").all()
+    runs = [read_offline_run(d) for d in (tmp_path / "g" / "wandb").glob("offline-run-*")]
+    trained = sorted(r["config"]["key"] for r in runs if r.get("name") != "g-summary")
+    assert trained == sorted(df["key"])  # each combination trained once, by one process
