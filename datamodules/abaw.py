@@ -3,29 +3,45 @@
 train = ``Train_Set`` (strided windows with a random shift, augmented), val = ``Validation_Set``
 (sliding windows covering every annotated frame), test/predict = the frames of the organisers'
 test list (labels joined from ``Test_Set`` annotation folders where they exist).
+
+Frames that cannot be read never pass silently. Each unreadable file is replaced by its nearest
+readable neighbour and named once (a warning here, in the main process). The run stops with a
+``DataError`` naming the data root when the frame index disagrees with the disk (the first image
+it lists for some video is gone: a moved root, or a cache older than the files; checked at setup,
+one ``stat`` per video), when a split has no image at all, or when more than
+``MAX_UNREADABLE_SHARE`` of the frames loaded so far (once ``MIN_FRAMES_CHECKED`` were) could not
+be decoded. A few corrupt JPEGs in three million stay far below that share; a wrong root or a
+tree of broken files crosses it within the first batch or two.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from affbench.errors import ConfigError
+from affbench.errors import ConfigError, DataError
 from datamodules.augment import AugmentConfig, ClipTransform, normalize_frames
 from datamodules.clips import eval_windows, scored_mask, train_windows
 from datamodules.dataset import ClipDataset, collate_clips
-from datamodules.index import FrameIndex, find_annotations_dir, load_index
+from datamodules.index import FrameIndex, default_cache_dir, find_annotations_dir, load_index
 from datamodules.tasks import SPLITS, TEST_SPLIT, parse_tasks
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Stop when more than this share of the frames whose image exists could not be decoded ...
+MAX_UNREADABLE_SHARE = 0.5
+# ... counted over all batches so far, once at least this many such frames were loaded.
+MIN_FRAMES_CHECKED = 64
 
 
 class AbawDataModule(L.LightningDataModule):
@@ -91,6 +107,8 @@ class AbawDataModule(L.LightningDataModule):
         self.indexes: dict[str, FrameIndex] = {}
         self.datasets: dict[str, ClipDataset] = {}
         self.bad_files: Counter[str] = Counter()  # unreadable frames met so far (main process)
+        self.frames_checked = 0  # frames loaded whose image the index lists (pad excluded) ...
+        self.frames_unreadable = 0  # ... and those of them that could not be decoded
 
     # -- data -----------------------------------------------------------------------------------
     def test_list_file(self) -> Path | None:
@@ -124,8 +142,30 @@ class AbawDataModule(L.LightningDataModule):
         for split in SPLITS:
             self._index(split)
 
+    def _check_images(self, index: FrameIndex) -> None:
+        """DataError unless the split has images and, for every video with images, the first one
+        the index lists is on disk (one stat per video: cheap even on the whole Aff-Wild2)."""
+        root = Path(self.hparams.root).resolve()
+        if len(index) and not index.has_image.any():
+            raise DataError(
+                f"no frame image under {root / 'cropped_aligned'} for the {len(index.videos)} "
+                f"video(s) of {index.split}: is {root} the data root?"
+            )
+        rows = np.flatnonzero(index.has_image)
+        first = rows[np.unique(index.video[rows], return_index=True)[1]]
+        gone = [p for p in map(index.image_path, first.tolist()) if not os.path.exists(p)]
+        if gone:
+            cache = self.hparams.cache_dir or default_cache_dir()
+            raise DataError(
+                f"{len(gone)} of {len(first)} video(s) of {index.split} under data root {root} "
+                f"lack image files the frame index lists, e.g. {gone[0]}: was the root moved or "
+                f"were files replaced since the index was cached? It is cached under {cache} "
+                f"(AFFBENCH_CACHE); delete it there to rebuild it from the files"
+            )
+
     def _dataset(self, split: str, train: bool) -> ClipDataset:
         index = self._index(split)
+        self._check_images(index)
         augment = self.augment if train else None
         transform = ClipTransform(self.hparams.img_size, augment, mean=self.hparams.mean)
         if train:
@@ -177,12 +217,31 @@ class AbawDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        """Count unreadable frames (decoded in workers, reported here, once per file)."""
+        """Count unreadable frames (decoded in workers, reported here, once per file) and stop
+        the run when most frames cannot be read (see the module docstring)."""
         for f in batch.get("bad_files", ()):
             if f not in self.bad_files:
                 log.warning("unreadable frame %s was replaced by its nearest readable neighbour", f)
             self.bad_files[f] += 1
+        if "corrupt" in batch:
+            # frames whose own image the index lists: read, or replaced because unreadable
+            own = ~batch["pad"] & (~batch["filled"] | batch["corrupt"])
+            self.frames_checked += int(own.sum())
+            self.frames_unreadable += int((own & batch["corrupt"]).sum())
+            self._check_unreadable()
         return batch
+
+    def _check_unreadable(self) -> None:
+        checked, bad = self.frames_checked, self.frames_unreadable
+        if checked < MIN_FRAMES_CHECKED or bad <= MAX_UNREADABLE_SHARE * checked:
+            return
+        root = Path(self.hparams.root).resolve()
+        first = ", ".join(list(self.bad_files)[:3]) or "none named yet"
+        raise DataError(
+            f"{bad} of the {checked} frames loaded so far under data root {root} could not be "
+            f"read (more than {MAX_UNREADABLE_SHARE:.0%}; first files: {first}): are these the "
+            f"data's JPEG files?"
+        )
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """uint8 frames -> normalised float32, on the batch's device (the GPU when there is one)."""

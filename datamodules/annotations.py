@@ -5,6 +5,10 @@ The files of a split are read as bytes, checked and cleaned (CRLF, trailing blan
 and parsed by pandas' C reader in one call, which is what makes three million lines take seconds.
 Anything the fast path finds wrong is located by re-reading that one file line by line, so every
 error names the file and the line.
+
+Only an empty line (spaces allowed) is a blank, unannotated frame: text that pandas would read as
+missing (``nan``, ``N/A``, ``null``, ``None``, ...) and non-finite numbers (``inf``) are errors,
+as a typo would be, because a silently unannotated frame is a silently wrong result.
 """
 
 from __future__ import annotations
@@ -76,6 +80,8 @@ def _line_problem(fields: list[str], spec: TaskSpec) -> str | None:
         vals = [float(f) for f in fields]
     except ValueError:
         return f"not a number in {','.join(fields)!r}"
+    if not np.isfinite(vals).all():  # float() takes 'nan' and 'inf'; neither is a label
+        return f"not a finite number in {','.join(fields)!r}"
     return _values_problem(np.asarray([vals], dtype=np.float32), spec)
 
 
@@ -133,6 +139,9 @@ def _parse_chunk(files: list[Path], spec: TaskSpec) -> tuple[np.ndarray, np.ndar
             dtype=np.float32,
             skipinitialspace=True,
             skip_blank_lines=False,
+            # only an empty field is missing: 'nan', 'N/A', 'null' ... fail the parse (see above)
+            keep_default_na=False,
+            na_values=[""],
             engine="c",
         )
         # Lines with too many values turn into an index instead of raising: catch that here.
@@ -151,8 +160,22 @@ def _parse_chunk(files: list[Path], spec: TaskSpec) -> tuple[np.ndarray, np.ndar
         i = int(np.searchsorted(np.cumsum(lengths), row, side="right"))
         raise _locate(files[i], spec, "bad value")
     blank = np.isnan(values).all(axis=1)
+    if blank.any() and (row := _first_filled_blank(buf, blank)) is not None:
+        i = int(np.searchsorted(np.cumsum(lengths), row, side="right"))
+        raise _locate(files[i], spec, "a line of empty values")
     values[blank] = spec.unannotated
     return lengths, values.astype(spec.dtype), blank
+
+
+def _first_filled_blank(buf: bytes, blank: np.ndarray) -> int | None:
+    """The first row that pandas read as all-missing but whose line is not empty (e.g. ``,``),
+    or None. Row r of the parse is line r of ``buf``; only runs when some row is all-missing."""
+    ends = np.flatnonzero(np.frombuffer(buf, np.uint8) == ord("\n"))
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    for row in np.flatnonzero(blank).tolist():
+        if buf[starts[row] : ends[row]].strip(b" \t"):
+            return row
+    return None
 
 
 def read_task_files(files: list[Path], spec: TaskSpec, chunk_bytes: int = 16 << 20) -> TaskLabels:

@@ -19,8 +19,10 @@ key                shape, dtype          meaning
 ``bad_files``      list[str]             the unreadable files met by this sample
 =================  ====================  ==================================================
 
-An unreadable JPEG never stops an epoch and never moves a label: its frame keeps its label and
-takes the pixels of the nearest readable frame of the same video (counted in ``corrupt``).
+An unreadable JPEG (truncated, garbage, zero bytes) never stops an epoch and never moves a label:
+its frame keeps its label and takes the pixels of the nearest readable frame of the same video
+(counted in ``corrupt``). The dataset only logs it at debug level: ``AbawDataModule`` names each
+file once, in the main process, and stops the run when most frames are unreadable.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from torchvision.transforms.v2.functional import resize
 
 from datamodules.augment import ClipTransform
 from datamodules.clips import window_rows
-from datamodules.index import FRAMES_DIR, FrameIndex
+from datamodules.index import FRAMES_DIR, FrameIndex, frame_name
 from datamodules.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -47,10 +49,14 @@ warnings.filterwarnings("ignore", "The image decoding and encoding", Deprecation
 
 
 def decode_frame(path: str | Path) -> torch.Tensor:
-    """JPEG file -> uint8 (3, H, W) (libjpeg-turbo through torchvision). Raises on a bad file."""
+    """JPEG file -> uint8 (3, H, W) (libjpeg-turbo through torchvision).
+
+    Raises OSError (missing, empty) or RuntimeError (not a JPEG, truncated) on a bad file."""
     with open(path, "rb") as f:
-        data = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
-    return decode_jpeg(data, mode=ImageReadMode.RGB)
+        raw = f.read()
+    if not raw:
+        raise OSError(f"{path} is empty (0 bytes)")
+    return decode_jpeg(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=ImageReadMode.RGB)
 
 
 class ClipDataset(Dataset):
@@ -81,17 +87,19 @@ class ClipDataset(Dataset):
     def _path(self, row: int) -> str:
         # plain strings: pathlib costs as much as a tenth of a frame's decoding here
         v = int(np.searchsorted(self.index.start, row, side="right") - 1)
-        return f"{self.frames_dir}/{self.index.videos[v]}/{int(self.index.frame[row]):05d}.jpg"
+        name = frame_name(self.index.frame[row], self.index.width[v])
+        return f"{self.frames_dir}/{self.index.videos[v]}/{name}"
 
     def _decode(self, row: int, bad_files: list[str]) -> torch.Tensor | None:
         """Decode one row's image; None (and the file recorded) if it cannot be read."""
         path = self._path(row)
         try:
             return decode_frame(path)
-        except (RuntimeError, OSError) as e:
+        except (RuntimeError, OSError, ValueError) as e:
             self.unreadable.add(row)
             bad_files.append(str(path))
-            log.warning("unreadable frame %s (%s): using its nearest readable neighbour", path, e)
+            # debug only: the datamodule warns once per file, wherever the worker ran
+            log.debug("unreadable frame %s (%s): using its nearest readable neighbour", path, e)
             return None
 
     def _load(self, row: int, bad_files: list[str]) -> tuple[torch.Tensor | None, int]:

@@ -6,8 +6,13 @@ file; so frame ``f`` of video ``v`` is row ``start[v] + f - 1`` whatever images 
 label of annotation line k always lands on image k.
 
 Building reads every annotation file of the split (vectorised, see ``annotations.py``) and lists
-the frame folders (names only, never pixels). The result is cached on disk as one ``.npz`` keyed
-by the size and mtime of every file and folder it was built from, so a changed file rebuilds it.
+the frame folders (names only, never pixels). Frame files are ``<n>.jpg`` with n >= 1, zero-padded
+to one width per folder (``00001.jpg`` as shipped, ``000001.jpg``, or unpadded ``1.jpg``); the
+width each folder uses is kept, so the loader opens the names that are really there.
+
+The result is cached on disk as one ``.npz`` keyed by the size and mtime of every file and folder
+it was built from, so a changed file rebuilds it. The cache does not hold the data root: a loaded
+index takes the root it is opened with (a relative root typed in another folder would be wrong).
 """
 
 from __future__ import annotations
@@ -24,11 +29,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from affbench.errors import DataError
 from datamodules.annotations import AnnotationError, read_task_files
 from datamodules.tasks import SPLITS, TEST_SPLIT, get_task, list_tasks
 
 FRAMES_DIR = "cropped_aligned"
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: per-video frame name width
+ABAW_WIDTH = 5  # 00001.jpg, the organisers' names
 _FRAME_NAME = re.compile(r"^(\d+)\.jpg$")
 
 # Per-video, per-task counts kept with the index (columns of FrameIndex.counts[task]).
@@ -41,7 +48,8 @@ class FrameIndex:
 
     ``labels[task]`` is (N, values_per_line) as written in the files: VA float32, the EXPR
     class and the twelve AU values int8; ``valid[task]`` (N,) marks annotated frames;
-    ``listed`` (N,) marks the frames a test list asks for (None outside a test split).
+    ``listed`` (N,) marks the frames a test list asks for (None outside a test split);
+    ``width`` (V,) is the zero-padding of each video's file names (0: unpadded, ``1.jpg``).
     """
 
     root: Path
@@ -55,6 +63,11 @@ class FrameIndex:
     annotated_videos: dict[str, np.ndarray] = field(default_factory=dict)  # (V,) bool per task
     counts: dict[str, np.ndarray] = field(default_factory=dict)  # (V, len(COUNT_FIELDS)) per task
     listed: np.ndarray | None = None
+    width: np.ndarray | None = None  # (V,) int64; None: the ABAW width for every video
+
+    def __post_init__(self) -> None:
+        if self.width is None:
+            self.width = np.full(len(self.videos), ABAW_WIDTH, np.int64)
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -74,7 +87,7 @@ class FrameIndex:
 
     def image_path(self, row: int) -> Path:
         v = int(np.searchsorted(self.start, row, side="right") - 1)
-        return self.root / FRAMES_DIR / self.videos[v] / f"{int(self.frame[row]):05d}.jpg"
+        return self.root / FRAMES_DIR / self.videos[v] / frame_name(self.frame[row], self.width[v])
 
     def nearest_image_row(self) -> np.ndarray:
         """(N,) row of the nearest frame of the same video that has an image (ties: the earlier
@@ -100,7 +113,8 @@ class FrameIndex:
             "start": self.start,
             "frame": self.frame,
             "has_image": self.has_image,
-            "meta": np.array(json.dumps({"root": str(self.root), "split": self.split})),
+            "width": self.width,
+            "meta": np.array(json.dumps({"split": self.split})),
         }
         if self.listed is not None:
             arrays["listed"] = self.listed
@@ -115,17 +129,19 @@ class FrameIndex:
         os.replace(tmp, path)  # atomic: ranks or workers building at once never see half a file
 
     @classmethod
-    def load(cls, path: Path) -> FrameIndex:
+    def load(cls, path: Path, root: Path | str) -> FrameIndex:
+        """The index saved at ``path``, reading its frames under ``root`` (not stored)."""
         with np.load(path) as z:
             meta = json.loads(str(z["meta"]))
             idx = cls(
-                root=Path(meta["root"]),
+                root=Path(root),
                 split=meta["split"],
                 videos=z["videos"].tolist(),
                 start=z["start"],
                 frame=z["frame"],
                 has_image=z["has_image"],
                 listed=z.get("listed"),
+                width=z["width"],
             )
             for key in z.files:
                 kind, _, task = key.partition(".")
@@ -184,14 +200,44 @@ def read_test_list(path: Path) -> pd.DataFrame:
     return pd.DataFrame({"video": video, "frame": np.asarray(frame, dtype=np.int32)})
 
 
-def _list_frames(folder: Path) -> np.ndarray:
-    """Frame numbers of the images in one video folder (names only)."""
+def frame_name(frame: int, width: int) -> str:
+    """The file name of frame ``frame`` in a folder whose names are padded to ``width``."""
+    return f"{int(frame):0{int(width)}d}.jpg"
+
+
+def _list_frames(folder: Path) -> tuple[np.ndarray, int]:
+    """Sorted frame numbers (>= 1) of the images in one video folder, and the zero-padding width
+    of its names (names only, never pixels).
+
+    A name with a leading zero fixes the width; names without one fit any width up to their own
+    length (``1.jpg .. 10.jpg`` read with width 0, ``00099.jpg .. 100000.jpg`` with 5). A
+    ``0.jpg`` / ``00000.jpg`` is no frame (frames are 1-based) and is ignored. Two widths, or two
+    files of one frame (``1.jpg`` and ``00001.jpg``), are a DataError naming the folder.
+    """
     try:
-        names = [e.name for e in os.scandir(folder)]
+        stems = [e.name[:-4] for e in os.scandir(folder) if e.name.endswith(".jpg")]
     except FileNotFoundError:
-        return np.empty(0, np.int32)
-    nums = [int(n[:-4]) for n in names if n.endswith(".jpg") and n[:-4].isdigit()]
-    return np.sort(np.asarray(nums, dtype=np.int32))
+        return np.empty(0, np.int32), ABAW_WIDTH
+    stems = [s for s in stems if s.isdigit() and s.isascii() and s.strip("0")]
+    if not stems:
+        return np.empty(0, np.int32), ABAW_WIDTH
+    nums = np.sort(np.asarray([int(s) for s in stems], dtype=np.int64))
+    if (dup := nums[1:][np.diff(nums) == 0]).size:
+        same = sorted(s for s in stems if int(s) == dup[0])
+        raise DataError(
+            f"{folder}: two image files for frame {dup[0]} ({', '.join(f'{s}.jpg' for s in same)})"
+        )
+    padded = {len(s) for s in stems if s[0] == "0"}
+    width = max(padded, default=0)
+    shortest = min((len(s) for s in stems if s[0] != "0"), default=width)
+    if len(padded) > 1 or shortest < width:
+        short = min(stems, key=len)
+        wide = next(s for s in stems if s[0] == "0" and len(s) == width)
+        raise DataError(
+            f"{folder}: frame file names mix zero-paddings ({short}.jpg and {wide}.jpg); "
+            f"name every frame with one width, e.g. 00001.jpg"
+        )
+    return nums.astype(np.int32), width
 
 
 def _split_files(ann_dir: Path, split: str) -> dict[str, dict[str, Path]]:
@@ -252,7 +298,9 @@ def build_index(
             raise FileNotFoundError(f"no annotation files for split {split!r} under {ann_dir}")
     vid_of = {v: i for i, v in enumerate(videos)}
 
-    images = [_list_frames(root / FRAMES_DIR / v) for v in videos]
+    listing = [_list_frames(root / FRAMES_DIR / v) for v in videos]
+    images = [frames for frames, _ in listing]
+    width = np.array([w for _, w in listing], dtype=np.int64)
     last_image = np.array([im[-1] if len(im) else 0 for im in images], dtype=np.int64)
     parsed = {}
     for t, by_video in files.items():
@@ -276,7 +324,7 @@ def build_index(
     for v, im in enumerate(images):
         has_image[start[v] + im.astype(np.int64) - 1] = True
 
-    idx = FrameIndex(root, split, videos, start, frame, has_image)
+    idx = FrameIndex(root, split, videos, start, frame, has_image, width=width)
     for t, (ids, lab) in parsed.items():
         spec = get_task(t)
         # row of each parsed line: its video's first row + (line number - 1)
@@ -326,7 +374,7 @@ def load_index(
     path = Path(cache_dir or default_cache_dir()) / f"{split}-{key}.npz"
     if path.exists():
         try:
-            return FrameIndex.load(path)
+            return FrameIndex.load(path, root)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             pass  # a damaged cache file is rebuilt, never trusted
     idx = build_index(root, split, annotations, test_list)

@@ -81,3 +81,33 @@ def test_empty_file_has_no_lines(tmp_path):
     f = _write(tmp_path, "f.txt", "valence,arousal\n0.1,0.1\n")
     lab = read_task_files([e, f], VA)
     assert lab.lengths.tolist() == [0, 1]
+
+
+def _line(spec, value):
+    return ",".join([value] * spec.values_per_line)
+
+
+_MISSING = [
+    *((v, "not a finite number") for v in ("nan", "NaN", "-nan", "inf", "-inf")),
+    # pandas reads these as missing ('none' in lower case it never did)
+    *((v, "not a number") for v in ("N/A", "NA", "null", "NULL", "None", "#N/A", "<NA>")),
+]
+
+
+@pytest.mark.parametrize(
+    "spec, value, words",
+    [
+        *(pytest.param(s, v, w, id=f"{s.name}:{v}") for s in (VA, EXPR, AU) for v, w in _MISSING),
+        # a line of commas is no blank line (an EXPR line has no comma: empty is blank there)
+        *(pytest.param(s, "", "not a number", id=f"{s.name}:commas") for s in (VA, AU)),
+    ],
+)
+def test_missing_value_spellings_are_errors_not_blank_lines(tmp_path, spec, value, words):
+    good = _line(spec, "1")
+    text = "\n".join([spec.header, good, "  ", _line(spec, value), good]) + "\n"
+    ok = _write(tmp_path, "ok.txt", "\n".join([spec.header, good]) + "\n")
+    bad = _write(tmp_path, "bad.txt", text)
+    with pytest.raises(AnnotationError) as e:
+        read_task_files([ok, bad], spec)
+    assert f"bad.txt:4: {words} in " in str(e.value)  # line 3, spaces only, is a blank line
+    assert e.value.line == 4 and e.value.path == bad

@@ -1,3 +1,5 @@
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -117,3 +119,32 @@ def test_unknown_task_and_bad_stride_are_clear():
         AbawDataModule(tasks="va,emotion")
     with pytest.raises(ValueError, match="stride"):
         AbawDataModule(seq_len=4, stride=8)
+
+
+def test_zero_byte_jpeg_is_replaced_counted_and_named_once(tmp_path, caplog):
+    va = [(0.1 * k, 0.0) for k in range(1, 9)]
+    root = write_tree(
+        tmp_path,
+        {"a": list(range(1, 9)), "b": list(range(1, 9))},
+        {("va", TR, "a"): va_text(va), ("va", VAL, "b"): va_text(va)},
+    )
+    empty = root / "cropped_aligned" / "b" / "00004.jpg"
+    empty.write_bytes(b"")
+    dm = AbawDataModule(
+        root=str(root), tasks="va", seq_len=8, img_size=16, batch_size=1, num_workers=0
+    )
+    dm.setup("fit")
+    caplog.set_level(logging.DEBUG)
+    for _ in range(2):  # two passes: the file is named once, counted each time it is met
+        (batch,) = [dm.on_before_batch_transfer(b, 0) for b in dm.val_dataloader()]
+        assert batch["corrupt"][0].tolist() == [k == 4 for k in range(1, 9)]
+        levels = batch["frames"][0].float().mean(dim=(1, 2, 3)).tolist()
+        # frame 4 takes frame 3 (as near as frame 5: the earlier wins); its label stays
+        assert levels == pytest.approx([frame_level(f) for f in (1, 2, 3, 3, 5, 6, 7, 8)], abs=2)
+        assert batch["targets"]["va"][0, 3, 0].item() == pytest.approx(0.4)
+    assert dict(dm.bad_files) == {str(empty): 1}
+    warned = [
+        r for r in caplog.records if r.levelno >= logging.WARNING and str(empty) in r.getMessage()
+    ]
+    assert len(warned) == 1
+    assert dm.frames_checked == 16 and dm.frames_unreadable == 2

@@ -3,10 +3,14 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ANN, va_text, write_tree
+from conftest import ANN, frame_jpeg, frame_level, va_text, write_tree
 
+from affbench.errors import DataError
 from datamodules.annotations import AnnotationError
+from datamodules.augment import ClipTransform
+from datamodules.dataset import ClipDataset
 from datamodules.index import build_index, find_annotations_dir, load_index, read_test_list
+from datamodules.info import dataset_info
 from datamodules.tasks import AU_NAMES, EXPR_NAMES
 
 TR, VAL = "Train_Set", "Validation_Set"
@@ -155,3 +159,81 @@ def test_test_list_defines_the_frames(tmp_path):
     bad.write_text("image_location,valence,arousal\nt1/00001.jpg,0,0\nt1-00002,0,0\n")
     with pytest.raises(AnnotationError, match=r"bad\.txt:3:"):
         read_test_list(bad)
+
+
+def _write_named(root, video, names):
+    """Frames of ``video`` under the given file names (each name's number is its frame)."""
+    folder = root / "cropped_aligned" / video
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(frame_jpeg(int(name[:-4]) or 1))
+
+
+def _levels(idx, video, n):
+    """Mean grey level of frames 1..n of ``video`` as the loader decodes them."""
+    v = idx.videos.index(video)
+    ds = ClipDataset(idx, np.array([[v, 0]]), ("va",), n, ClipTransform(16))
+    return ds[0]["frames"].float().mean(dim=(1, 2, 3)).tolist()
+
+
+def test_cached_index_reads_frames_under_the_root_it_is_opened_with(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    write_tree(
+        tmp_path / "a" / "data" / "x", {"v": [1, 2, 3]}, {("va", TR, "v"): va_text([(0, 0)] * 3)}
+    )
+    monkeypatch.chdir(tmp_path / "a")
+    built = load_index("data/x", TR)  # `affbench data info data/x`, typed in folder a
+    assert built.has_image.all()
+    monkeypatch.chdir(tmp_path / "b")
+    root = tmp_path / "a" / "data" / "x"
+    idx = load_index(root, TR)  # training from folder b with the absolute path: the cached index
+    assert _levels(idx, "v", 3) == pytest.approx([frame_level(f) for f in (1, 2, 3)], abs=2)
+    assert idx.root == root and idx.image_path(1) == root / "cropped_aligned" / "v" / "00002.jpg"
+
+
+def test_frame_names_of_other_paddings_are_read(tmp_path):
+    n = 12
+    _write_named(tmp_path, "plain", [f"{k}.jpg" for k in range(1, n + 1)])
+    _write_named(tmp_path, "six", [f"{k:06d}.jpg" for k in range(1, n + 1)])
+    write_tree(tmp_path, {}, {("va", TR, v): va_text([(0.1, 0.1)] * n) for v in ("plain", "six")})
+    info = dataset_info(tmp_path)[TR]["va"]
+    assert info["frames"] == 2 * n and info["missing_images"] == 0
+    idx = load_index(tmp_path, TR)
+    for video in idx.videos:  # the loader opens the names on disk: each frame its own pixels
+        assert _levels(idx, video, n) == pytest.approx(
+            [frame_level(k) for k in range(1, n + 1)], abs=2
+        )
+    assert idx.width.tolist() == [0, 6]
+    assert idx.image_path(_row(idx, "plain", 10)).name == "10.jpg"
+    assert idx.image_path(_row(idx, "six", 10)).name == "000010.jpg"
+
+
+def test_stray_frame_zero_marks_no_frame_present(tmp_path):
+    write_tree(
+        tmp_path,
+        {"a": [1, 2, 3], "b": [1, 2]},
+        {("va", TR, "a"): va_text([(0, 0)] * 4), ("va", TR, "b"): va_text([(0, 0)] * 2)},
+    )
+    (tmp_path / "cropped_aligned" / "b" / "00000.jpg").write_bytes(frame_jpeg(0))
+    idx = build_index(tmp_path, TR)
+    # frame 4 of video a has no image; the stray 00000.jpg of b must not claim it
+    assert idx.has_image.tolist() == [True, True, True, False, True, True]
+    assert dataset_info(tmp_path)[TR]["va"]["missing_images"] == 1
+
+
+@pytest.mark.parametrize(
+    "names, words",
+    [
+        (["1.jpg", "2.jpg", "00001.jpg"], "two image files for frame 1 (00001.jpg, 1.jpg)"),
+        (["01.jpg", "001.jpg"], "two image files for frame 1"),
+        (["00001.jpg", "000002.jpg"], "mix zero-paddings"),
+        (["00001.jpg", "2.jpg"], "mix zero-paddings (2.jpg and 00001.jpg)"),
+    ],
+)
+def test_mixed_or_duplicate_frame_names_are_errors(tmp_path, names, words):
+    _write_named(tmp_path, "v", names)
+    write_tree(tmp_path, {}, {("va", TR, "v"): va_text([(0, 0)] * 2)})
+    with pytest.raises(DataError) as e:
+        dataset_info(tmp_path)
+    assert str(tmp_path / "cropped_aligned" / "v") in str(e.value) and words in str(e.value)
