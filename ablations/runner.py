@@ -37,21 +37,11 @@ from ablations.grid import expand
 from ablations.tables import render
 from affbench.errors import ConfigError
 from lightning_modules.efficiency import ModelSpec, peak_rss_reset, proc_status, profile
+from lightning_modules.experiment import run_name
 from lightning_modules.scoring import MONITOR
 
 log = logging.getLogger(__name__)
 PROJECT = "affbench"
-
-
-def run_name(settings: dict) -> str:
-    """``{backbone}+{head}_t{T}_r{res}_s{seed}`` (plus head settings and tasks where given)."""
-    m = settings.get("model", {})
-    name = f"{m.get('backbone', 'mobilenetv4_conv_small')}+{m.get('head', 'mixer3')}"
-    for k, v in sorted((m.get("head_kwargs") or {}).items()):
-        name += f"-{k}{v}"
-    name += f"_t{m.get('seq_len', 32)}_r{m.get('img_size', 112)}_s{settings.get('seed', 0)}"
-    tasks = m.get("tasks", "va")
-    return name if tasks == "va" else f"{name}_{str(tasks).replace(',', '-')}"
 
 
 def wandb_mode(disabled: bool = False) -> str:

@@ -7,6 +7,7 @@ Weights are never downloaded: ``pretrained`` is None (random init) or a local ch
 
 from __future__ import annotations
 
+import pickle
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,23 +54,45 @@ def backbone_norm(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     )
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def load_file(path: str | Path, what: str = "checkpoint") -> object:
+    """``torch.load`` (weights only, on the CPU) or safetensors' loader of a local file; a file
+    that is missing or neither (a text file, a truncated download, a pickled Python object) is
+    an error of one line naming it. ``what`` names the setting in the message."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist (weights are never downloaded)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file as load_safetensors
+
+            return load_safetensors(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch and safetensors fail in a dozen ways (KeyError, EOFError...)
+        if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e):
+            raise ConfigError(
+                f"{what} {path} holds pickled Python objects, not only tensors: save its "
+                "state_dict (torch.save(model.state_dict(), ...)) and pass that"
+            ) from None
+        # the weights-only unpickler's own text is a page of advice: its type says enough
+        lines = [] if isinstance(e, pickle.UnpicklingError) else str(e).strip().splitlines()
+        reason = lines[0][:120] if lines else ""
+        raise ConfigError(
+            f"{what} {path} is not a PyTorch or safetensors file "
+            f"({type(e).__name__}{': ' + reason if reason else ''})"
+        ) from None
+
+
+def read_state_dict(path: str | Path, what: str = "checkpoint") -> dict[str, torch.Tensor]:
     """Tensors of a local checkpoint: a plain state dict, or one nested under ``state_dict`` /
     ``model`` / ``state_dict_ema`` (Lightning, timm training scripts), safetensors included."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist (weights are never downloaded)")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = load_file(path, what)
     for key in ("state_dict", "model", "state_dict_ema", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ConfigError(f"{path}: not a state dict of tensors")
+        raise ConfigError(f"{what} {path} is not a state dict of tensors")
     return obj
 
 
@@ -132,7 +155,7 @@ class FrameEncoder(nn.Module):
         self.unused_checkpoint_keys: list[str] = []
         if pretrained:
             state, self.unused_checkpoint_keys = match_state_dict(
-                read_state_dict(pretrained), self.model.state_dict(), str(pretrained)
+                read_state_dict(pretrained, "pretrained"), self.model.state_dict(), str(pretrained)
             )
             self.model.load_state_dict(state)
         self.frozen = self._freeze(freeze)

@@ -81,6 +81,14 @@ class AffectModule(L.LightningModule):
             raise ConfigError(
                 f"scheduler must be cosine, cosine_restarts or none, got {scheduler!r}"
             )
+        if not 0 <= dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
+        unknown = sorted(set(task_weights or {}) - set(OUTPUTS))
+        if unknown:  # a misspelt task would silently keep weight 1
+            raise ConfigError(
+                f"task_weights names unknown task(s) {', '.join(unknown)}; tasks are: "
+                + ", ".join(OUTPUTS)
+            )
         self.encoder = FrameEncoder(
             backbone, img_size=img_size, pretrained=pretrained, freeze=freeze
         )
@@ -162,7 +170,8 @@ class AffectModule(L.LightningModule):
         ):
             self.au_thresholds = tune_au_thresholds(merged["au"][1], merged["au"][2]).float()
         tuned = self.au_thresholds if self.hparams.tune_au_thresholds else None
-        for name, value in score_split(merged, tuned).items():
+        names = self.frames[stage].video_names
+        for name, value in score_split(merged, tuned, names).items():
             self.log(metric_key(stage, name), value, prog_bar=name == "score", rank_zero_only=False)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -73,6 +73,8 @@ class FramePredictions(Metric):
     def __init__(self, tasks: tuple[str, ...]):
         super().__init__()
         self.tasks = tuple(tasks)
+        # id -> name of the videos this rank saw, to name them in errors (never synced)
+        self.video_names: dict[int, str] = {}
         self.add_state("key", default=[], dist_reduce_fx="cat")
         self.add_state("clip", default=[], dist_reduce_fx="cat")  # key of the clip's first frame
         for t in self.tasks:
@@ -90,6 +92,8 @@ class FramePredictions(Metric):
     ) -> None:
         """videos (B,), frames/pad (B, T), preds/targets (B, T, K) activated, valid (B, T)."""
         keep = ~pad
+        for v in videos:
+            self.video_names.setdefault(video_hash(v), v)
         keys = frame_keys(videos, frames)
         self.key.append(keys[keep])
         self.clip.append(keys[:, :1].expand_as(keys)[keep])
@@ -135,10 +139,26 @@ def measures(
     pred: torch.Tensor,
     target: torch.Tensor,
     au_thresholds: torch.Tensor | None = None,
+    video_names: dict[int, str] | None = None,
 ) -> dict[str, float]:
-    """The official measures of one task from merged frame predictions."""
+    """The official measures of one task from merged frame predictions.
+
+    A non-finite prediction is an error, never a number: torchmetrics would pass a NaN into the
+    CCC, pick it as the EXPR class, or (AU) take it as a cue to apply a sigmoid to every
+    probability, and Pearson's r of EMI would turn it into 0. ``video_names`` (id -> name) names
+    the video in that error."""
     if len(pred) == 0:
         return {}
+    bad = ~torch.isfinite(pred).all(-1)
+    if bad.any():
+        key = int(keys[bad][0])
+        vid = key // FRAME_SPAN
+        video = (video_names or {}).get(vid, f"id {vid:#012x}")
+        raise FloatingPointError(
+            f"{task}: {int(bad.sum())} of {len(pred)} frames have a non-finite (NaN or inf) "
+            f"prediction, e.g. frame {key % FRAME_SPAN} of video {video}; "
+            "a score over them would be wrong"
+        )
     if task == "va":
         c = ccc(pred, target)
         return {MEASURE["va"]: float(c.mean()), VALENCE: float(c[0]), AROUSAL: float(c[1])}
@@ -148,15 +168,17 @@ def measures(
         )
         return {MEASURE["expr"]: float(f1)}
     if task == "au":
-        f1 = multilabel_f1_score(
-            pred, target.int(), num_labels=OUTPUTS["au"], threshold=0.5, average="macro"
-        )
-        out = {MEASURE["au"]: float(f1)}
-        if au_thresholds is not None:
-            hard = (pred > au_thresholds.to(pred)).int()
-            out[AU_TUNED] = float(
+        # hard labels: given floats, torchmetrics applies a sigmoid to all of them as soon as one
+        # lies outside [0, 1], and the F1 changes without a word
+        def au_f1(thresholds: torch.Tensor | float) -> float:
+            hard = (pred > thresholds).int()
+            return float(
                 multilabel_f1_score(hard, target.int(), num_labels=OUTPUTS["au"], average="macro")
             )
+
+        out = {MEASURE["au"]: au_f1(0.5)}
+        if au_thresholds is not None:
+            out[AU_TUNED] = au_f1(au_thresholds.to(pred))
         return out
     # EMI: one prediction per video, the mean of its frames
     video = keys // FRAME_SPAN
@@ -166,11 +188,16 @@ def measures(
     return {MEASURE["emi"]: float(pearson_corrcoef(pred_v, target_v).nan_to_num(0.0).mean())}
 
 
-def score_split(merged: dict, au_thresholds: torch.Tensor | None = None) -> dict[str, float]:
+def score_split(
+    merged: dict,
+    au_thresholds: torch.Tensor | None = None,
+    video_names: dict[int, str] | None = None,
+) -> dict[str, float]:
     """All measures of all tasks, plus ``score``: the mean of each trained task's measure."""
     out: dict[str, float] = {}
     for task, (keys, pred, target) in merged.items():
-        out.update(measures(task, keys, pred, target, au_thresholds if task == "au" else None))
+        thresholds = au_thresholds if task == "au" else None
+        out.update(measures(task, keys, pred, target, thresholds, video_names))
     main = [out[MEASURE[t]] for t in merged if MEASURE[t] in out]
     if main:
         out[SCORE] = sum(main) / len(main)

@@ -41,6 +41,30 @@ def lookup_nearest(uniq: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.where(use_hi, hi, np.where(same_lo, lo, -1)))
 
 
+def submission_paths(out_dir: Path | str, tasks: tuple[str, ...]) -> dict[str, Path]:
+    """Frame task -> ``out_dir/<Challenge>/predictions.txt`` (EMI is judged per video on another
+    dataset: it has none)."""
+    return {
+        t: Path(out_dir) / get_task(t).challenge / "predictions.txt"
+        for t in tasks
+        if t in ("va", "expr", "au")
+    }
+
+
+def check_submission_free(out_dir: Path | str, tasks: tuple[str, ...]) -> None:
+    """Refuse, before anything is predicted or written, to write where a file already is."""
+    paths = submission_paths(out_dir, tasks).values()
+    for folder in (Path(out_dir), *(p.parent for p in paths)):
+        if folder.exists() and not folder.is_dir():
+            raise FileExistsError(f"--submission: {folder} is a file, not a folder")
+    taken = [str(p) for p in paths if p.exists()]
+    if taken:
+        raise FileExistsError(
+            f"--submission: {', '.join(taken)} already exist(s): move them away or choose "
+            "another folder (nothing was predicted or overwritten)"
+        )
+
+
 def write_submission(
     outputs: list[dict],
     test_list: Path | str,
@@ -48,7 +72,9 @@ def write_submission(
     tasks: tuple[str, ...],
     au_thresholds: torch.Tensor | None = None,
 ) -> list[Path]:
-    """Write ``out_dir/<Challenge>/predictions.txt`` for each frame task; returns the paths."""
+    """Write ``out_dir/<Challenge>/predictions.txt`` for each frame task; returns the paths.
+    An existing file is never overwritten (FileExistsError before anything is written)."""
+    check_submission_free(out_dir, tasks)
     listed = read_test_list(Path(test_list))
     locs = [f"{v}/{f:05d}.jpg" for v, f in zip(listed["video"], listed["frame"], strict=True)]
     wanted = torch.tensor(
@@ -57,11 +83,15 @@ def write_submission(
             for v, f in zip(listed["video"], listed["frame"], strict=True)
         ]
     )
-    written = []
-    for task in tasks:
-        if task not in ("va", "expr", "au"):
-            continue  # EMI is judged per video on another dataset
+    texts = {}  # every file is made before the first is written: an error leaves none behind
+    for task, path in submission_paths(out_dir, tasks).items():
         uniq, pred = merged_predictions(outputs, task)
+        bad = ~torch.isfinite(pred).all(-1)
+        if bad.any():
+            raise FloatingPointError(
+                f"{task}: {int(bad.sum())} of {len(pred)} predicted frames are not finite (NaN or "
+                f"inf): no predictions.txt written"
+            )
         idx = lookup_nearest(uniq, wanted)
         p = pred[idx.clamp(min=0)]
         if (idx < 0).any():  # a video with no image at all: the split's mean prediction, said aloud
@@ -78,12 +108,12 @@ def write_submission(
             thr = au_thresholds if au_thresholds is not None else torch.full((len(AU_NAMES),), 0.5)
             hard = (p > thr.to(p)).int()
             header, rows = ",".join(AU_NAMES), [",".join(map(str, r)) for r in hard.tolist()]
-        path = Path(out_dir) / get_task(task).challenge / "predictions.txt"
-        path.parent.mkdir(parents=True, exist_ok=True)
         lines = [
             f"image_location,{header}",
             *(f"{loc},{r}" for loc, r in zip(locs, rows, strict=True)),
         ]
-        path.write_text("\n".join(lines) + "\n")
-        written.append(path)
-    return written
+        texts[path] = "\n".join(lines) + "\n"
+    for path, text in texts.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return list(texts)

@@ -56,6 +56,23 @@ def test_head_shape_errors(encoders):
         create_head("tcn", spec, 8, kernel=4)
 
 
+def test_head_settings_errors_are_config_errors(encoders):
+    """The user's to fix, so the CLI prints them in one line: ConfigError, naming the setting."""
+    spec = encoders[112].spec
+    with pytest.raises(ConfigError, match=r"seq_len \(T\) = 6 .* multiple of 4 \(4 or 8\)"):
+        create_head("mixer3", spec, 6)
+    with pytest.raises(ConfigError, match="levels must be in 1..3"):
+        create_head("mixer1", spec, 8, levels=4)
+    with pytest.raises(ConfigError, match="token_mixer must be"):
+        create_head("mixer3", spec, 8, token_mixer="axial")
+    with pytest.raises(ConfigError, match="kernel must be odd"):
+        create_head("tcn", spec, 8, kernel=4)
+    with pytest.raises(ConfigError, match="dim 100 is not divisible by heads 8"):
+        create_head("transformer", spec, 8, dim=100, heads=8)
+    with pytest.raises(ConfigError, match="head 'gru' has no such setting: .*'width'"):
+        create_head("gru", spec, 8, width=64)
+
+
 def test_token_grid_at_both_sizes():
     assert token_grid([(28, 28), (14, 14), (7, 7)]) == (7, 7)  # the paper's grid at 224
     assert token_grid([(14, 14), (7, 7), (4, 4)]) == (4, 4)  # 112 px: the smallest tap

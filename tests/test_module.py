@@ -318,3 +318,25 @@ def test_listed_frames_without_prediction_take_the_nearest():
     )
     got = [int(uniq[i]) if i >= 0 else -1 for i in lookup_nearest(uniq, wanted).tolist()]
     assert got == [a + 2, a + 2, a + 2, a + 6, a + 6, b + 10, -1]  # frame 4: a tie, the earlier
+
+
+def test_settings_that_would_be_silently_wrong_are_errors():
+    from affbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"task_weights names unknown task\(s\) aus"):
+        AffectModule(backbone=TINY, head="frame", tasks="va,au", task_weights={"aus": 2.0})
+    with pytest.raises(ConfigError, match=r"dropout must be in \[0, 1\), got 1.5"):
+        AffectModule(backbone=TINY, head="frame", dropout=1.5)
+
+
+def test_pretrained_files_torch_cannot_read_are_config_errors(tmp_path):
+    from affbench.errors import ConfigError
+
+    pickled = tmp_path / "whole_model.pt"
+    torch.save(torch.nn.Linear(2, 2), pickled)  # the module object, not its state dict
+    with pytest.raises(ConfigError, match=f"pretrained {pickled} holds pickled Python objects"):
+        FrameEncoder(TINY, pretrained=str(pickled))
+    for name, data in (("empty.pth", b""), ("notes.pth", b"lr 1e-3\n"), ("w.safetensors", b"x")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ConfigError, match=f"pretrained {tmp_path / name} is not a PyTorch"):
+            FrameEncoder(TINY, pretrained=str(tmp_path / name))

@@ -183,3 +183,70 @@ def test_tuned_au_thresholds_never_lose_to_half():
 
     out = measures("au", torch.arange(400), pred, target, thr)
     assert out["au_f1_tuned"] > out["au_f1"] + 0.1
+
+
+def _np_au_f1(pred: np.ndarray, target: np.ndarray) -> float:
+    """Mean over AUs of the binary F1 at probability > 0.5 (an AU never predicted nor present
+    scores 0)."""
+    scores = []
+    for j in range(pred.shape[1]):
+        hard, true = pred[:, j] > 0.5, target[:, j] > 0.5
+        tp, fp, fn = np.sum(hard & true), np.sum(hard & ~true), np.sum(~hard & true)
+        scores.append(0.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores))
+
+
+def test_au_f1_thresholds_probabilities_at_half_whatever_their_range():
+    from lightning_modules.scoring import measures
+
+    g = np.random.default_rng(1)
+    pred = g.uniform(0, 1, (300, 12))
+    pred[::7, 3] = 0.5  # exactly 0.5 is negative (> 0.5, as before)
+    target = (g.uniform(0, 1, (300, 12)) < 0.4).astype(float)
+    keys = torch.arange(300)
+    got = measures("au", keys, torch.from_numpy(pred), torch.from_numpy(target))["au_f1"]
+    assert got == pytest.approx(_np_au_f1(pred, target), abs=1e-6)
+    # one value just outside [0, 1] (a calibration, an average of logits...) must not make the
+    # metric squash every probability through a sigmoid (that gave 0.518 for 0.838 once)
+    pred[5, 0] = 1.02
+    got = measures("au", keys, torch.from_numpy(pred), torch.from_numpy(target))
+    assert got["au_f1"] == pytest.approx(_np_au_f1(pred, target), abs=1e-6)
+    thr = torch.full((12,), 0.5, dtype=torch.float64)
+    assert measures("au", keys, torch.from_numpy(pred), torch.from_numpy(target), thr)[
+        "au_f1_tuned"
+    ] == pytest.approx(got["au_f1"], abs=1e-12)
+
+
+@pytest.mark.parametrize("task", ["va", "expr", "au", "emi"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_predictions_are_an_error_not_a_score(task, bad):
+    from lightning_modules.objectives import OUTPUTS
+    from lightning_modules.scoring import FRAME_SPAN, measures, video_hash
+
+    g = torch.Generator().manual_seed(0)
+    k = OUTPUTS[task]
+    keys = torch.tensor([video_hash(f"v{i % 4}") * FRAME_SPAN + i for i in range(40)])
+    pred = torch.rand(40, k, generator=g, dtype=torch.float64)
+    target = (torch.rand(40, k, generator=g, dtype=torch.float64) > 0.5).double()
+    assert measures(task, keys, pred, target)  # finite: a number
+    pred[17, k - 1] = bad
+    pred[30, 0] = bad
+    with pytest.raises(FloatingPointError, match=rf"^{task}: 2 of 40 frames .* frame 17 of video"):
+        measures(task, keys, pred, target)
+
+
+def test_a_non_finite_prediction_names_its_video_and_frame():
+    labels = _labels()
+    clips = _clips(labels)
+    c = next(c for c in clips if c["valid"]["expr"][2] and c["frame"][0] > 1)
+    for other in clips:  # the frame in every clip that holds it
+        if other["video"] == c["video"]:
+            other["pred"]["expr"][other["frame"] == c["frame"][2], 5] = np.nan
+    metric = FramePredictions(("va", "expr", "au", "emi"))
+    _feed(metric, clips)
+    merged = metric.compute()  # gathered and merged, as at the end of validation
+    with pytest.raises(
+        FloatingPointError,
+        match=rf"^expr: 1 of \d+ frames .* frame {c['frame'][2]} of video {c['video']};",
+    ):
+        score_split(merged, None, metric.video_names)

@@ -32,10 +32,16 @@ def list_heads() -> list[str]:
 
 
 def create_head(name: str, spec: FeatureSpec, seq_len: int, **settings) -> nn.Module:
-    """Build a registered head; an unknown name is an error listing the names that exist."""
+    """Build a registered head; an unknown name is an error listing the names that exist, an
+    unknown setting (``head_kwargs``) one naming it."""
     if name not in _HEADS:
         raise ConfigError(f"unknown head {name!r}; heads are: {', '.join(_HEADS)}")
-    return _HEADS[name](spec, seq_len, **settings)
+    try:
+        return _HEADS[name](spec, seq_len, **settings)
+    except TypeError as e:
+        if "unexpected keyword argument" not in str(e):
+            raise
+        raise ConfigError(f"head {name!r} has no such setting: {e}") from None
 
 
 # importing the modules registers their heads, in this order

@@ -24,6 +24,7 @@ from timm.layers import Mlp
 from torch import nn
 from torch.nn import functional as F
 
+from affbench.errors import ConfigError
 from lightning_modules.backbone import FeatureSpec
 from lightning_modules.heads import register_head
 
@@ -34,7 +35,7 @@ def token_grid(sizes: list[tuple[int, int]], grid: int | None = None) -> tuple[i
     g = (min(h for h, _ in sizes), min(w for _, w in sizes)) if grid is None else (grid, grid)
     small = [f"{h}x{w}" for h, w in sizes if h < g[0] or w < g[1]]
     if small:
-        raise ValueError(
+        raise ConfigError(
             f"no {g[0]}x{g[1]} token grid for taps of {', '.join(f'{h}x{w}' for h, w in sizes)}: "
             f"{', '.join(small)} is smaller; use a grid of at most {min(min(s) for s in sizes)}"
         )
@@ -55,7 +56,7 @@ class MixerBlock(nn.Module):
     ):
         super().__init__()
         if token_mixer not in ("full", "factorized"):
-            raise ValueError(f"token_mixer must be 'full' or 'factorized', got {token_mixer!r}")
+            raise ConfigError(f"token_mixer must be 'full' or 'factorized', got {token_mixer!r}")
         self.n_time, self.factorized = n_time, token_mixer == "factorized"
         n = n_time * n_space
         self.norm1 = nn.LayerNorm(dim)
@@ -152,13 +153,15 @@ class MixerHead(nn.Module):
     ):
         super().__init__()
         if not 1 <= levels <= len(spec.channels):
-            raise ValueError(
+            raise ConfigError(
                 f"levels must be in 1..{len(spec.channels)} (the encoder's taps), got {levels}"
             )
         if seq_len % tubelet_t:
-            raise ValueError(
-                f"seq_len={seq_len} is not divisible by the tubelet length {tubelet_t}: "
-                f"use a multiple of {tubelet_t} or another tubelet_t"
+            below = seq_len // tubelet_t * tubelet_t
+            near = " or ".join(str(n) for n in (below, below + tubelet_t) if n)
+            raise ConfigError(
+                f"seq_len (T) = {seq_len} is not divisible by the tubelet length {tubelet_t}: "
+                f"use a multiple of {tubelet_t} ({near}) or another tubelet_t"
             )
         sizes = list(spec.sizes[-levels:])
         g = token_grid(sizes, grid)

@@ -6,6 +6,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from affbench.errors import ConfigError
 from lightning_modules.backbone import FeatureSpec
 from lightning_modules.heads import register_head
 
@@ -19,7 +20,7 @@ class TCNHead(nn.Module):
     ):
         super().__init__()
         if kernel % 2 == 0:
-            raise ValueError(f"tcn kernel must be odd to keep frames aligned, got {kernel}")
+            raise ConfigError(f"tcn kernel must be odd to keep frames aligned, got {kernel}")
         self.proj = nn.Linear(spec.pooled_dim, dim)
         self.blocks = nn.ModuleList(
             nn.Sequential(

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from affbench.errors import ConfigError
 from lightning_modules.backbone import FeatureSpec
 from lightning_modules.heads import register_head
 
@@ -35,6 +36,8 @@ class TransformerHead(nn.Module):
         attn_dropout: float = 0.1,
     ):
         super().__init__()
+        if dim % heads:
+            raise ConfigError(f"transformer dim {dim} is not divisible by heads {heads}")
         self.proj = nn.Linear(spec.pooled_dim, dim)
         layer = nn.TransformerEncoderLayer(
             dim,
