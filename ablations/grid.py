@@ -102,9 +102,10 @@ def name_problem(dotted: str, value) -> str | None:
     return None
 
 
-def check_base(base, fail: Callable[[tuple[str, ...], str], None]) -> None:
+def check_base(base, fail: Callable[[tuple[str, ...], str], None], names: bool = True) -> None:
     """Check a base section (model / data / trainer / seed): every key a setting that exists,
-    head and backbone names that exist. ``fail(path_of_keys, message)`` raises."""
+    and (``names``) head and backbone names that exist. ``fail(path_of_keys, message)``
+    raises."""
     if not isinstance(base, dict):
         fail(("base",), "base must be a mapping of model, data, trainer and seed settings")
     for section, value in base.items():
@@ -117,7 +118,8 @@ def check_base(base, fail: Callable[[tuple[str, ...], str], None]) -> None:
             fail(where, f"base.{section} must be a mapping of settings")
         for key, v in value.items():
             dotted = f"{section}.{key}"
-            if (problem := path_problem(dotted) or name_problem(dotted, v)) is not None:
+            problem = path_problem(dotted) or (name_problem(dotted, v) if names else None)
+            if problem is not None:
                 fail((*where, key), problem)
 
 

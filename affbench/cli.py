@@ -146,11 +146,13 @@ def _override(cfg: dict, assignments: list[str]) -> None:
 
 
 def _ablate(args: argparse.Namespace) -> None:
-    from ablations.grid import load_grid
-    from ablations.runner import run_grid, wandb_mode
+    from ablations.grid import check_overrides, expand, load_grid
+    from ablations.runner import Interrupted, run_grid, wandb_mode
 
     cfg = load_grid(args.config)
-    _override(cfg, (args.set or []) + ([f"data.root={args.data_root}"] if args.data_root else []))
+    sets = (args.set or []) + ([f"data.root={args.data_root}"] if args.data_root else [])
+    check_overrides(cfg, [a.partition("=")[0] for a in sets])
+    _override(cfg, sets)
     if args.dry_run:
         print(run_grid(cfg, args.results, dry_run=True).to_markdown(index=False))
         return
@@ -160,16 +162,32 @@ def _ablate(args: argparse.Namespace) -> None:
 
         print(f"no data at {root}: writing the synthetic dataset there first")
         generate(root)
-    df = run_grid(
-        cfg,
-        args.results,
-        wandb_disabled=args.no_wandb,
-        max_runs=args.max_runs,
-        retry_failed=args.retry_failed,
-    )
     folder = Path(args.results) / cfg["name"]
-    done, failed = int((df["status"] == "done").sum()), int((df["status"] == "failed").sum())
-    print(f"\n{cfg['name']}: {done} done, {failed} failed; results in {folder / 'results.csv'}")
+    try:
+        df = run_grid(
+            cfg,
+            args.results,
+            wandb_disabled=args.no_wandb,
+            max_runs=args.max_runs,
+            retry_failed=args.retry_failed,
+        )
+    except Interrupted as e:
+        print(
+            f"\n{cfg['name']}: {e.why}; the running combination is recorded as interrupted and "
+            f"resumes from {e.checkpoint or 'the start'} when the same command runs again",
+            file=sys.stderr,
+        )
+        raise SystemExit(143 if "SIGTERM" in e.why else 130) from None
+    keys = {r["key"] for r in expand(cfg)}
+    df = df[df["key"].isin(keys)]
+    counts = df["status"].value_counts()
+    done, failed = int(counts.get("done", 0)), int(counts.get("failed", 0))
+    elsewhere = len(keys) - done - failed - int(counts.get("interrupted", 0))
+    print(
+        f"\n{cfg['name']}: {done} done, {failed} failed"
+        + (f", {elsewhere} to go" if elsewhere > 0 else "")
+        + f"; results in {folder / 'results.csv'}"
+    )
     if (folder / "table.md").exists():
         print((folder / "table.md").read_text())
         print(f"tables: {folder / 'table.md'}, {folder / 'table.tex'}")
@@ -180,13 +198,24 @@ def _ablate(args: argparse.Namespace) -> None:
         print(f"W&B runs (offline): {runs}; upload them with `wandb sync {runs}/offline-run-*`")
     elif mode != "disabled":
         print("W&B runs: project 'affbench', group " + repr(cfg["name"]))
+    if failed:
+        for _, row in df[df["status"] == "failed"].iterrows():
+            print(f"failed: {row['run']}: {row['error']}", file=sys.stderr)
+        print(
+            f"{failed} combination(s) failed (errors above and in results.csv); after fixing the "
+            "cause, run the same command with --retry-failed",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
 
 
 def _sweep(args: argparse.Namespace) -> None:
+    import signal
+
     from ablations.runner import wandb_mode
     from sweeps.frontier import frontier_table, write_frontier
-    from sweeps.runner import budget, run_sweep
-    from sweeps.space import load_sweep
+    from sweeps.runner import budget, failures, run_sweep
+    from sweeps.space import check_runnable, load_sweep
     from sweeps.storage import default_storage, shown
 
     cfg = load_sweep(args.config)
@@ -200,17 +229,31 @@ def _sweep(args: argparse.Namespace) -> None:
 
         print(f"no data at {root}: writing the synthetic dataset there first")
         generate(root)
+    check_runnable(cfg, args.config)  # a missing data root, unknown heads or backbones: at once
     mode = wandb_mode(args.no_wandb)
     os.environ.setdefault("WANDB_SILENT", "true")  # the trial lines and the table say enough
     out = Path(args.studies) / study
     print(f"study {study!r} in {shown(url)}: {n_trials} trials, {args.workers} worker(s)")
-    st = run_sweep(cfg, url, study, n_trials, out, args.workers, args.timeout, mode)
+    try:
+        st = run_sweep(
+            cfg, url, study, n_trials, out, args.workers, args.timeout, mode, args.retry_failed
+        )
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the running trials are retried
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(
+            f"\n{study}: stopped by {signal.Signals(signum).name}; a running trial is failed as "
+            "interrupted and its retry queued: run the same command again to continue",
+            file=sys.stderr,
+        )
+        raise SystemExit(128 + signum) from None
     trials = st.get_trials(deepcopy=False)
     counts = {s: sum(t.state.name.lower() == s for t in trials) for s in ("complete", "pruned")}
-    failed = sum(t.state.name == "FAIL" for t in trials)
+    failed = failures(trials)
+    retried = sum(t.state.name == "FAIL" for t in trials) - len(failed)
     left = n_trials - budget(trials)["used"]
     print(
-        f"\n{study}: {counts['complete']} finished, {counts['pruned']} pruned, {failed} failed"
+        f"\n{study}: {counts['complete']} finished, {counts['pruned']} pruned, {len(failed)} failed"
+        + (f" ({retried} more failed or stopped and were retried)" if retried else "")
         + (f", {left} to go (run the same command again)" if left > 0 else "")
     )
     print(frontier_table(st, "md"))
@@ -219,6 +262,17 @@ def _sweep(args: argparse.Namespace) -> None:
         print(f"frontier plot: {plot}")
     url = shown(url)
     print(f"all trials: affbench frontier --storage {url} --study {study}; optuna-dashboard {url}")
+    if failed:  # they keep their places in the budget: say how to give those to retries
+        for t in failed:
+            error = t.user_attrs.get("error") or "its worker stopped sending heartbeats"
+            print(f"failed: trial {t.number}: {error.splitlines()[0]}", file=sys.stderr)
+        print(
+            f"{len(failed)} trial(s) failed (their errors are in the study, user attribute "
+            "'error'); after fixing the cause, run the same command with --retry-failed to run "
+            "them again with the same parameters, or with a larger --n-trials for new trials",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
 
 
 def _frontier(args: argparse.Namespace) -> None:
@@ -226,17 +280,19 @@ def _frontier(args: argparse.Namespace) -> None:
 
     from ablations.runner import wandb_mode
     from sweeps.frontier import frontier_table, write_frontier
-    from sweeps.storage import open_storage, shown
+    from sweeps.storage import damage_is_an_error, open_storage, shown
 
     try:
-        st = optuna.load_study(study_name=args.study, storage=open_storage(args.storage))
+        with damage_is_an_error(args.storage):
+            st = optuna.load_study(study_name=args.study, storage=open_storage(args.storage))
     except KeyError:
         names = optuna.get_all_study_names(open_storage(args.storage))
         raise SystemExit(
             f"affbench: error: no study {args.study!r} in {shown(args.storage)}; it has: "
             + (", ".join(names) or "none")
         ) from None
-    print(frontier_table(st, args.format))
+    with damage_is_an_error(args.storage):
+        print(frontier_table(st, args.format))
     if not args.no_plot and any(t.state.name == "COMPLETE" for t in st.get_trials(deepcopy=False)):
         out = Path(args.out or Path(STUDIES_DIR) / args.study / "frontier.png")
         mode = wandb_mode(args.no_wandb)
@@ -384,6 +440,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-wandb", action="store_true", help="no W&B runs at all")
     p.add_argument(
         "--synth-if-missing", action="store_true", help="write the synthetic data if absent"
+    )
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="run the failed trials again (same parameters) in their places in the budget",
     )
     p.set_defaults(func=_sweep)
 

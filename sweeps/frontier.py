@@ -33,7 +33,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             row[k] = u.get(k, np.nan)
         row.update(
             {k.removeprefix("model."): v for k, v in t.params.items()}
-            | {"error": u.get("error", ""), "over_budget": bool(u.get("over_budget", False))}
+            | {"error": u.get("error") or "", "over_budget": bool(u.get("over_budget", False))}
         )
         rows.append(row)
     df = pd.DataFrame(rows)

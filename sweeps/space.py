@@ -33,7 +33,7 @@ from pathlib import Path
 import optuna
 import yaml
 
-from ablations.grid import set_path
+from ablations.grid import check_base, key_lines, path_problem, set_path
 from affbench.errors import ConfigError
 from lightning_modules.scoring import (
     AROUSAL,
@@ -79,20 +79,6 @@ COST = "gmacs_per_frame"
 LATENCY = "latency_ms_median"
 
 
-def _lines(text: str) -> dict[tuple[str, ...], int]:
-    """1-based line of every mapping key, by its path of keys (for error messages)."""
-    out: dict[tuple[str, ...], int] = {}
-
-    def walk(node, path):
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                out[(*path, k.value)] = k.start_mark.line + 1
-                walk(v, (*path, k.value))
-
-    walk(yaml.compose(text), ())
-    return out
-
-
 def load_sweep(path: str | Path) -> dict:
     """The sweep file, checked, with defaults filled in. Errors name the file and line."""
     path = Path(path)
@@ -101,7 +87,7 @@ def load_sweep(path: str | Path) -> dict:
     text = path.read_text()
     try:
         cfg = yaml.safe_load(text) or {}
-        lines = _lines(text)
+        lines = key_lines(text)
     except yaml.YAMLError as e:  # PyYAML's message holds the line and column
         raise ConfigError(f"{path}: not valid YAML: {e}".replace("\n", " ")) from None
 
@@ -116,6 +102,8 @@ def load_sweep(path: str | Path) -> dict:
     for k in ("base", "space"):
         if not isinstance(cfg.get(k), dict) or not cfg[k]:
             fail((k,) if k in cfg else (), f"{k!r} must be a non-empty mapping")
+    # a typo in a setting would be ignored and every trial train with the default: refuse it
+    check_base(cfg["base"], fail, names=False)  # names: check_runnable, all at once
     cfg.setdefault("name", path.stem)
     cfg.setdefault("mode", "multi")
     cfg.setdefault("metric", MONITOR)
@@ -161,6 +149,8 @@ def load_sweep(path: str | Path) -> dict:
         unknown = set(entry) - ENTRY_KEYS
         if unknown:
             fail(where, f"space entry {name!r}: unknown keys {sorted(unknown)}")
+        if (problem := path_problem(str(entry.get("path", name)))) is not None:
+            fail(where, f"space entry {name!r} goes nowhere: {problem} (set its path:)")
         values = entry[kinds[0]]
         if kinds[0] == "choices":
             if not isinstance(values, list) or not values:
@@ -260,3 +250,39 @@ def suggest(trial: optuna.Trial, cfg: dict) -> dict:
         taken[name] = value
         set_path(settings, entry.get("path", name), value)
     return settings
+
+
+def check_runnable(cfg: dict, where: str = "sweep") -> None:
+    """Before any training, what would fail every trial, all at once in one ConfigError: the
+    data root without annotations, and any head or backbone name the sweep can take (the base's
+    and the choices of the entries placed at ``model.head`` / ``model.backbone``) that does not
+    exist. Trials would otherwise spend the budget failing one by one."""
+    import timm
+
+    from datamodules.index import find_annotations_dir
+    from lightning_modules.heads import list_heads
+
+    data = cfg["base"].get("data") or {}
+    root = data.get("root", "data/synthetic")
+    problems = []
+    try:
+        find_annotations_dir(Path(root), data.get("annotations"))
+    except (FileNotFoundError, ValueError) as e:
+        problems.append(str(e).splitlines()[0])
+    names = {"model.head": [], "model.backbone": []}
+    model = cfg["base"].get("model") or {}
+    for path in names:
+        if path.split(".")[1] in model:
+            names[path].append(model[path.split(".")[1]])
+    for name, entry in cfg["space"].items():
+        if entry.get("path", name) in names and "choices" in entry:
+            names[entry.get("path", name)] += entry["choices"]
+    heads = list_heads()
+    bad = [h for h in dict.fromkeys(names["model.head"]) if h not in heads]
+    if bad:
+        problems.append(f"unknown head(s) {', '.join(map(repr, bad))} (heads: {', '.join(heads)})")
+    bad = [b for b in dict.fromkeys(names["model.backbone"]) if not timm.is_model(str(b))]
+    if bad:
+        problems.append(f"unknown backbone(s) {', '.join(map(repr, bad))} (timm model names)")
+    if problems:
+        raise ConfigError(f"{where}: no trial can run: {'; '.join(problems)}")

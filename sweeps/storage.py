@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,6 +65,7 @@ def open_storage(url: str, heartbeat: dict | None = None) -> optuna.storages.Bas
         raise ConfigError(
             f"storage {url!r}: expected sqlite:///FILE, postgresql://... or journal:///FILE"
         )
+    check_sqlite(url)
     hb = heartbeat or {}
     kw = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
@@ -76,6 +78,49 @@ def open_storage(url: str, heartbeat: dict | None = None) -> optuna.storages.Bas
         )
     except Exception as e:  # an unreachable server, a wrong password, a missing driver
         raise ConfigError(f"cannot open storage {shown(url)}: {e}".splitlines()[0]) from None
+
+
+def _damaged(url: str, why: str) -> ConfigError:
+    return ConfigError(
+        f"the study database {url.removeprefix('sqlite:///')} is damaged ({why}): restore it "
+        "from a backup, or start a new study (another --study, --storage or --studies)"
+    )
+
+
+def check_sqlite(url: str) -> None:
+    """A SQLite study file damaged inside (overwritten bytes, a truncated copy) is an error
+    naming it. SQLite finds such damage only on the pages a query reads, so anywhere in a sweep;
+    ``PRAGMA quick_check`` reads them all at once (milliseconds for a study)."""
+    if not url.startswith("sqlite:///"):
+        return
+    path = Path(url.removeprefix("sqlite:///"))
+    if not path.is_file():
+        return  # a new study
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)) as c:
+            rows = c.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.OperationalError:
+        return  # locked, unreadable: the storage's own error says more
+    except sqlite3.DatabaseError as e:  # "file is not a database", "disk image is malformed"
+        raise _damaged(url, str(e)) from None
+    if rows != [("ok",)]:
+        raise _damaged(url, str(rows[0][0]).splitlines()[0])
+
+
+@contextlib.contextmanager
+def damage_is_an_error(url: str) -> Iterator[None]:
+    """SQLite's "database disk image is malformed" (SQLAlchemy's DatabaseError, also inside
+    Optuna's StorageInternalError) raised by study calls, as a ConfigError naming the file."""
+    import sqlalchemy as sa
+
+    try:
+        yield
+    except (sa.exc.DatabaseError, optuna.exceptions.StorageInternalError) as e:
+        err = e if isinstance(e, sa.exc.DatabaseError) else e.__cause__
+        # the exact class: its subclasses are a locked database, a bad query, a constraint
+        if url.startswith("sqlite") and type(err) is sa.exc.DatabaseError:
+            raise _damaged(url, str(err.orig).splitlines()[0]) from None
+        raise
 
 
 @contextlib.contextmanager
@@ -110,3 +155,19 @@ def budget_lock(url: str, study: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def heartbeat_ages(storage: optuna.storages.BaseStorage, trial_ids: list[int]) -> dict[int, float]:
+    """Seconds since each trial's last heartbeat, on the database's clock (the one Optuna's
+    stale-trial check reads); empty for a storage without heartbeats."""
+    import sqlalchemy as sa
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    if not isinstance(storage, RDBStorage) or not trial_ids:
+        return {}
+    beat = models.TrialHeartbeatModel
+    with _create_scoped_session(storage.scoped_session) as session:
+        now = session.execute(sa.func.now()).scalar_one().replace(tzinfo=None)
+        rows = session.query(beat.trial_id, beat.heartbeat).filter(beat.trial_id.in_(trial_ids))
+        return {i: (now - t.replace(tzinfo=None)).total_seconds() for i, t in rows.all()}

@@ -1,7 +1,9 @@
+import contextlib
 import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -13,6 +15,7 @@ import pytest
 import yaml
 from conftest import TINY, tiny_base
 from optuna.distributions import CategoricalDistribution
+from optuna.storages import RetryHeartbeatStaleTrialCallback as RetryHeartbeat
 from optuna.trial import TrialState, create_trial
 from PIL import Image
 from wandb_files import read_offline_run
@@ -20,6 +23,7 @@ from wandb_files import read_offline_run
 from affbench.cli import main
 from affbench.errors import ConfigError
 from lightning_modules.efficiency import ModelSpec, static_costs
+from sweeps import runner
 from sweeps.frontier import frontier_table, trials_frame, write_frontier
 from sweeps.runner import budget, create_study, run_sweep
 from sweeps.space import load_sweep, suggest
@@ -61,23 +65,45 @@ def test_sweep_file_errors_name_the_line(tmp_path, capsys):
     cases = {
         "space:\n  model.lr: {float: [0.1, 0.01]}\n": (4, "low < high"),
         "space:\n  model.head: {choices: [a], int: [1, 2]}\n": (4, "exactly one of"),
-        "space:\n  a: {choices: [1]}\n  b: {choices: [1], when: {c: 1}}\n": (5, "not an earlier"),
-        "space:\n  a: {choices: [1]}\nsurprise: 1\n": (5, "unknown key 'surprise'"),
-        "mode: multi\npruner: median\nspace:\n  a: {choices: [1]}\n": (4, "cannot prune multi"),
-        "pruner: nope\nmode: single\nspace:\n  a: {choices: [1]}\n": (3, "unknown pruner"),
-        "mode: single\nlatency_objective: true\nspace:\n  a: {choices: [1]}\n": (4, "needs mode"),
-        "metric: val/va_cc\nspace:\n  a: {choices: [1]}\n": (3, "'val/va_cc' is not a measure"),
+        "space:\n  model.dropout: {choices: [0.1]}\n  model.lr: {choices: [1], when: {c: 1}}\n": (
+            5,
+            "not an earlier",
+        ),
+        "space:\n  model.dropout: {choices: [0.1]}\nsurprise: 1\n": (5, "unknown key 'surprise'"),
+        "mode: multi\npruner: median\nspace:\n  model.dropout: {choices: [0.1]}\n": (
+            4,
+            "cannot prune multi",
+        ),
+        "pruner: nope\nmode: single\nspace:\n  model.dropout: {choices: [0.1]}\n": (
+            3,
+            "unknown pruner",
+        ),
+        "mode: single\nlatency_objective: true\nspace:\n  model.dropout: {choices: [0.1]}\n": (
+            4,
+            "needs mode",
+        ),
+        "metric: val/va_cc\nspace:\n  model.dropout: {choices: [0.1]}\n": (
+            3,
+            "'val/va_cc' is not a measure",
+        ),
+        # a typo in the base or a space entry's path would be ignored: the defaults would train
+        "  trainr: {max_epochs: 1}\nspace:\n  model.lr: {choices: [1]}\n": (3, "'trainr'"),
+        "  data: {batch_sise: 2}\nspace:\n  model.lr: {choices: [1]}\n": (3, "batch_size"),
+        "space:\n  model.lrr: {choices: [1]}\n": (4, "'lrr' \\(did you mean lr"),
+        "space:\n  gh: {path: model.head_kwarg.h, choices: [1]}\n": (4, "goes nowhere"),
     }
     for body, (line, msg) in cases.items():
         path = tmp_path / "bad.yaml"
         path.write_text(base + body)
         with pytest.raises(ConfigError, match=rf"bad\.yaml:{line}: .*{msg}"):
             load_sweep(path)
-    path.write_text("base:\n  trainer: {devices: 4}\nspace:\n  a: {choices: [1]}\n")
+    path.write_text("base:\n  trainer: {devices: 4}\nspace:\n  model.dropout: {choices: [0.1]}\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml:2: a sweep trial trains on one device"):
         load_sweep(path)
     # the CLI refuses pruning a multi-objective sweep with one clear line, and runs nothing
-    path.write_text(base + "mode: multi\npruner: median\nspace:\n  a: {choices: [1]}\n")
+    path.write_text(
+        base + "mode: multi\npruner: median\nspace:\n  model.dropout: {choices: [0.1]}\n"
+    )
     with pytest.raises(SystemExit) as e:
         main(["sweep", str(path), "--studies", str(tmp_path / "studies")])
     assert e.value.code == 2
@@ -323,6 +349,17 @@ def _start(cmd: list[str], tmp_path: Path, log: str) -> subprocess.Popen:
         return subprocess.Popen(cmd, env=_env(tmp_path), stdout=f, stderr=subprocess.STDOUT)
 
 
+def _has_trials(db: Path) -> bool:
+    """Whether a sweep has created a trial in the SQLite file, read without Optuna: a poller that
+    opens the storage while the sweep sets up the new file races it (both stamp the schema
+    version, and one fails)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as c:
+            return c.execute("SELECT count(*) FROM trials").fetchone()[0] > 0
+    except sqlite3.Error:  # no file or no table yet
+        return False
+
+
 def _wait_for(predicate, seconds: float, what: str):
     t0 = time.monotonic()
     while time.monotonic() - t0 < seconds:
@@ -413,34 +450,254 @@ def test_killed_worker_trial_is_retried(synth_root, tmp_path, postgres_url):
 def test_interrupted_study_resumes_to_its_budget(synth_root, tmp_path):
     path = _write(tmp_path, _sweep_cfg(synth_root))
     db = tmp_path / "studies" / "s.db"
-    cmd = _sweep_cmd(path, "--n-trials", "3", "--studies", str(tmp_path / "studies"))
+    cmd = _sweep_cmd(path, "--n-trials", "4", "--studies", str(tmp_path / "studies"))
     proc = _start(cmd, tmp_path, "first.log")
     url = f"sqlite:///{db}"
 
-    def one_done_one_running():
-        states = [t.state for t in _trials(url, "s", missing_ok=True)] if db.exists() else []
-        return TrialState.COMPLETE in states and TrialState.RUNNING in states
+    def trial_1_or_2_running():  # trial 0 done, and trials to spare after the running one
+        trials = _trials(url, "s") if _has_trials(db) else []
+        return any(t.state == TrialState.RUNNING and t.number in (1, 2) for t in trials)
 
     try:
-        _wait_for(one_done_one_running, 120, "one finished and one running trial")
+        _wait_for(trial_1_or_2_running, 120, "trial 1 or 2 running")
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode != 0
+    log = (tmp_path / "first.log").read_text()
+    assert proc.returncode == 130, log  # 128 + SIGINT
+    assert "stopped by SIGINT" in log and "Traceback" not in log
     stopped = _trials(url, "s")
+    assert not [t for t in stopped if t.state == TrialState.RUNNING]
     interrupted = [t for t in stopped if t.state == TrialState.FAIL]
     assert len(interrupted) == 1 and interrupted[0].user_attrs["error"] == "interrupted"
+    assert interrupted[0].number >= 1  # the running trial, or the next one if it had just ended
     k = sum(t.state == TrialState.COMPLETE for t in stopped)
-    assert 1 <= k < 3
-    # the same command again continues to 3 finished trials, the interrupted one retried
+    assert 1 <= k < 4
+    # the same command again continues to 4 finished trials, the interrupted one retried
     done = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     trials = _trials(url, "s")
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(complete) == 3
+    assert len(complete) == 4
     retry = next(t for t in trials if t.system_attrs.get("failed_trial") == interrupted[0].number)
     assert retry.state == TrialState.COMPLETE and retry.params == interrupted[0].params
-    assert "3 finished, 0 pruned, 1 failed" in done.stdout
+    assert "4 finished, 0 pruned, 0 failed (1 more failed or stopped and were retried)" in (
+        done.stdout
+    )
     assert (tmp_path / "studies" / "s" / "frontier.png").exists()
     _check_wandb_runs(tmp_path / "studies" / "s", trials)
+
+
+def test_sweep_refuses_missing_data_and_unknown_names_at_once(tmp_path, capsys):
+    """Every head and backbone the sweep can take, and the data root, are checked before any
+    trial: all the problems in one line, and no study."""
+    cfg = _sweep_cfg(tmp_path / "no-data", n_trials=1)
+    cfg["base"]["model"]["backbone"] = "not_a_timm_model"
+    cfg["space"]["model.head"]["choices"] = ["frame", "gruu"]
+    cfg["space"]["arch"] = {"path": "model.backbone", "choices": [TINY, "resnet_nope"]}
+    path = _write(tmp_path, cfg)
+    studies = tmp_path / "studies"
+    with pytest.raises(SystemExit) as e:
+        main(["sweep", str(path), "--studies", str(studies), "--no-wandb"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"affbench: error: {path}:"), err
+    assert f"data root {tmp_path / 'no-data'} does not exist" in err
+    assert "unknown head(s) 'gruu' (heads: frame," in err
+    assert "unknown backbone(s) 'not_a_timm_model', 'resnet_nope'" in err
+    assert not list(studies.glob("*.db"))
+
+
+def test_a_signal_between_ask_and_the_trial_fails_that_trial(tmp_path, monkeypatch):
+    """Ctrl-C right after ``ask`` (before the trial's try): the trial is failed as interrupted
+    and retried, not left running until the heartbeat's grace period."""
+    cfg = _load(tmp_path, _sweep_cfg("data"))
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    create_study(cfg, url, "s")
+    ask = optuna.study.Study.ask
+
+    def ask_then_ctrl_c(self, *args, **kw):
+        trial = ask(self, *args, **kw)
+        signal.raise_signal(signal.SIGINT)  # its Python handler has run when this returns
+        return trial
+
+    attempted = []
+    monkeypatch.setattr(optuna.study.Study, "ask", ask_then_ctrl_c)
+    monkeypatch.setattr(runner, "_attempt", lambda *a: attempted.append(a))
+    with pytest.raises(KeyboardInterrupt) as e:
+        runner.work(cfg, url, "s", 3, tmp_path / "out", wandb_mode="disabled")
+    trials = _trials(url, "s")
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]  # none running
+    assert trials[0].user_attrs["error"] == "interrupted"
+    assert trials[1].system_attrs["failed_trial"] == 0
+    assert getattr(e.value, "signum", None) == signal.SIGINT
+    assert not attempted  # the trial never started
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_waiting_for_a_dead_workers_trial_says_so(tmp_path, monkeypatch, capsys):
+    """A full budget and another worker's running trial with a fresh heartbeat but no process:
+    the worker says once what it waits for and for how long at most; after the grace period
+    the trial is failed and its retry runs here."""
+    cfg = _load(tmp_path, _sweep_cfg("data"))  # heartbeat: interval 1 s, grace 3 s
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = create_study(cfg, url, "s")
+    ghost = study.ask()
+    suggest(ghost, cfg)
+    ghost.set_user_attr("worker", "elsewhere:4242")
+    open_storage(url, cfg["heartbeat"]).record_heartbeat(ghost._trial_id)
+
+    def attempt(study, trial, cfg, out, wandb_mode):  # no training: the waiting is tested here
+        suggest(trial, cfg)
+        return TrialState.COMPLETE, [0.5, 0.01]
+
+    monkeypatch.setattr(runner, "_attempt", attempt)
+    assert runner.work(cfg, url, "s", 1, tmp_path / "out", wandb_mode="disabled") == 1
+    out = capsys.readouterr().out
+    said = [ln for ln in out.splitlines() if "waiting for" in ln]
+    assert len(said) == 1, said  # once: what it waits for did not change
+    m = re.search(r"waiting for trial 0 on elsewhere:4242 \(last heartbeat (\d+) s ago, "
+                  r"at most (\d+) s more\)", said[0])  # fmt: skip
+    assert m and int(m[1]) <= 3 and int(m[1]) + int(m[2]) == 3, said[0]
+    assert "once its heartbeat is 3 s old" in said[0]
+    first, retry = _trials(url, "s")
+    assert first.state == TrialState.FAIL and first.user_attrs["worker"] == "elsewhere:4242"
+    assert retry.state == TrialState.COMPLETE and retry.system_attrs["failed_trial"] == 0
+    assert retry.params == first.params and f"pid {os.getpid()})" in out  # the retry ran here
+
+
+def _damaged_study(path: Path) -> None:
+    """A valid SQLite study whose bytes in the middle were overwritten."""
+    study = optuna.create_study(
+        storage=f"sqlite:///{path}", study_name="s", directions=["maximize", "minimize"]
+    )
+    for i in range(30):
+        study.add_trial(create_trial(values=[i, i], user_attrs={"note": "x" * 200}))
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.seek(size // 2)
+        f.write(b"\xff" * 8192)
+    with pytest.raises(sqlite3.DatabaseError, match="malformed"):  # damaged, as meant
+        sqlite3.connect(path).execute("PRAGMA quick_check").fetchall()
+
+
+@pytest.mark.slow
+def test_damaged_study_database_is_one_line(synth_root, tmp_path):
+    db = tmp_path / "damaged.db"
+    _damaged_study(db)
+    url = f"sqlite:///{db}"
+    path = _write(tmp_path, _sweep_cfg(synth_root))
+    for cmd in (
+        _sweep_cmd(path, "--storage", url, "--no-wandb"),
+        [sys.executable, "-m", "affbench.cli", "frontier", "--storage", url, "--study", "s"],
+    ):
+        r = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert r.stderr.startswith(f"affbench: error: the study database {db} is damaged")
+
+
+@pytest.mark.slow
+def test_failed_trials_fail_the_sweep_and_retry_failed_reruns_them(synth_root, tmp_path, capsys):
+    cfg = _sweep_cfg(synth_root, n_trials=2)
+    cfg["base"]["trainer"]["precision"] = "bogus"  # every trial raises when it builds its trainer
+    path = _write(tmp_path, cfg)
+    cmd = ["sweep", str(path), "--studies", str(tmp_path / "studies"), "--no-wandb"]
+    url = f"sqlite:///{tmp_path / 'studies' / 's.db'}"
+    for _ in range(2):  # the failures keep their places: the same command runs nothing new
+        with pytest.raises(SystemExit) as e:
+            main(cmd)
+        assert e.value.code == 1
+        out, err = capsys.readouterr()
+        assert "0 finished, 0 pruned, 2 failed" in out
+        assert "failed: trial 0: ValueError: Precision 'bogus' is invalid" in err
+        assert "failed: trial 1: ValueError: Precision 'bogus' is invalid" in err
+        assert "run the same command with --retry-failed" in err and "--n-trials" in err
+        assert len(_trials(url, "s")) == 2
+    cfg["base"]["trainer"]["precision"] = "32-true"  # the cause fixed
+    _write(tmp_path, cfg)
+    main([*cmd, "--retry-failed"])  # exits 0: no SystemExit
+    out = capsys.readouterr().out
+    assert "retrying failed trial(s) 0, 1" in out
+    assert "2 finished, 0 pruned, 0 failed (2 more failed or stopped and were retried)" in out
+    failed, retries = _trials(url, "s")[:2], _trials(url, "s")[2:]
+    assert [t.state for t in failed] == [TrialState.FAIL] * 2
+    assert [t.state for t in retries] == [TrialState.COMPLETE] * 2
+    for t in retries:
+        original = failed[t.system_attrs["failed_trial"]]
+        assert t.params == original.params and t.user_attrs["error"] is None
+    assert {t.system_attrs["failed_trial"] for t in retries} == {0, 1}
+
+
+def _running_in_fit(url: str, study: str, numbers=None):
+    """The running trials (of ``numbers``) once each has reported a validation (in its fit)."""
+    running = [
+        t
+        for t in _trials(url, study)
+        if t.state == TrialState.RUNNING and (numbers is None or t.number in numbers)
+    ]
+    return running if running and all(t.intermediate_values for t in running) else None
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_sweep_like_ctrl_c(synth_root, tmp_path):
+    """SIGTERM to the parent of two workers (forwarded), then to a one-worker sweep: the trials
+    in their fit are failed as interrupted and retried, the command exits 143, and the same
+    command continues to the budget."""
+    cfg = _sweep_cfg(synth_root, mode="single", pruner="median")  # validations are reported
+    cfg["base"]["trainer"]["max_epochs"] = 10000  # runs until it is stopped
+    path = _write(tmp_path, cfg)
+    db = tmp_path / "studies" / "s.db"
+    url = f"sqlite:///{db}"
+    cmd = _sweep_cmd(path, "--n-trials", "3", "--studies", str(tmp_path / "studies"))
+
+    def stop(extra: list[str], log: str, n: int, numbers=None) -> list[int]:
+        """Run the command; SIGTERM once ``n`` trials (of ``numbers``) are in their fit."""
+
+        def in_fit():
+            running = _running_in_fit(url, "s", numbers) if _has_trials(db) else None
+            return running if running and len(running) == n else None
+
+        proc = _start([*cmd, *extra], tmp_path, log)
+        try:
+            running = _wait_for(in_fit, 300, f"{n} trial(s) in their fit")
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=120)
+        finally:
+            proc.kill()
+        out = (tmp_path / log).read_text()
+        assert proc.returncode == 143, out  # 128 + SIGTERM
+        assert "stopped by SIGTERM" in out and "Traceback" not in out, out
+        return [t.number for t in running]
+
+    def check(stopped: list[int]) -> dict:
+        trials = {t.number: t for t in _trials(url, "s")}
+        assert not [t for t in trials.values() if t.state == TrialState.RUNNING]
+        for n in stopped:
+            assert trials[n].state == TrialState.FAIL and trials[n].user_attrs["error"] == (
+                "interrupted"
+            )
+            retry = next(t for t in trials.values() if RetryHeartbeat.retry_history(t)[-1:] == [n])
+            assert retry.state == TrialState.WAITING and retry.params == trials[n].params
+        return trials
+
+    first = stop(["--workers", "2"], "two.log", 2)  # the parent forwards SIGTERM to them
+    assert first == [0, 1]
+    trials = check(first)
+    assert sorted(trials) == [0, 1, 2, 3]
+    second = stop([], "one.log", 1, {2, 3})  # one worker: the command's own handler
+    trials = check(second)
+    assert len(trials) == 5
+    cfg["base"]["trainer"]["max_epochs"] = 1
+    _write(tmp_path, cfg)
+    done = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    trials = _trials(url, "s")
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+    assert "3 finished, 0 pruned, 0 failed (3 more failed or stopped and were retried)" in (
+        done.stdout
+    )
+    for t in trials:
+        if t.state == TrialState.COMPLETE and "failed_trial" in t.system_attrs:
+            assert t.params == trials[t.system_attrs["failed_trial"]].params
