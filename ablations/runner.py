@@ -341,8 +341,9 @@ def check_runs(runs: list[dict]) -> None:
     from datamodules.index import find_annotations_dir
     from lightning_modules.module import AffectModule
 
-    problems: dict[str, list[str]] = {}  # message -> runs
+    problems: dict[str, dict[str, None]] = {}  # message -> run names
     checked: dict[str, str | None] = {}
+    bad_keys: set[str] = set()
 
     def check(what: str, fn) -> str | None:
         if what not in checked:
@@ -356,20 +357,28 @@ def check_runs(runs: list[dict]) -> None:
     for r in runs:
         model, data = r["settings"].get("model", {}), r["settings"].get("data", {})
         root = data.get("root", "data/synthetic")
-        problem = check(
-            f"root:{root}:{data.get('annotations')}",
-            lambda root=root, data=data: find_annotations_dir(Path(root), data.get("annotations")),
-        ) or check(
-            json.dumps([model, data], sort_keys=True, default=str),
-            lambda model=model, data=data: _check_model(AffectModule, AbawDataModule, model, data),
+        found = (
+            check(
+                f"root:{root}:{data.get('annotations')}",
+                lambda root=root, data=data: find_annotations_dir(
+                    Path(root), data.get("annotations")
+                ),
+            ),
+            check(
+                json.dumps([model, data], sort_keys=True, default=str),
+                lambda model=model, data=data: _check_model(
+                    AffectModule, AbawDataModule, model, data
+                ),
+            ),
         )
-        if problem:
-            problems.setdefault(problem, []).append(run_name(r["settings"]))
+        for problem in filter(None, found):
+            problems.setdefault(problem, {})[run_name(r["settings"])] = None  # ordered, once
+            bad_keys.add(r["key"])
     if problems:
-        bad = sum(len(v) for v in problems.values())
+        bad = len(bad_keys)
         parts = [
             f"{msg} ({', '.join(names[:3])}" + (f" +{len(names) - 3} more)" if names[3:] else ")")
-            for msg, names in problems.items()
+            for msg, names in ((m, list(n)) for m, n in problems.items())
         ]
         raise ConfigError(
             f"{bad} of {len(runs)} combinations cannot run, nothing was trained: "
