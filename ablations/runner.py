@@ -151,8 +151,9 @@ class _SaveOnSigterm(L.Callback):
 
         if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
             tmp = self.path.with_name(f".{self.path.name}.tmp")
-            trainer.save_checkpoint(tmp)
-            os.replace(tmp, self.path)
+            trainer.save_checkpoint(tmp)  # every rank calls it; rank 0 writes the file
+            if trainer.is_global_zero:
+                os.replace(tmp, self.path)
             self.saved = str(self.path)
 
 
