@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from lightning_modules.experiment import GMACS_PER_FRAME  # noqa: E402
+
 
 def pareto_mask(cost: np.ndarray, score: np.ndarray) -> np.ndarray:
     """(N,) True where no other point has cost <= and score >= with one of them strict."""
@@ -25,7 +27,7 @@ def frontier_plot(
     df: pd.DataFrame,
     metric: str,
     out: str | Path,
-    cost: str = "gmacs_per_frame",
+    cost: str = GMACS_PER_FRAME,
     label: str = "label",
     title: str = "",
     front: str | None = None,
@@ -50,7 +52,7 @@ def frontier_plot(
             textcoords="offset points",
         )
     ax.set_xscale("log")
-    ax.set_xlabel("GMACs per frame (log)" if cost == "gmacs_per_frame" else cost)
+    ax.set_xlabel("GMACs per frame (log)" if cost == GMACS_PER_FRAME else cost)
     ax.set_ylabel(metric)
     ax.set_title(title or f"{metric} against {cost}")
     ax.grid(alpha=0.3, which="both")

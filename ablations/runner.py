@@ -37,7 +37,7 @@ from ablations.grid import expand
 from ablations.tables import render
 from affbench.errors import ConfigError
 from lightning_modules.efficiency import ModelSpec, peak_rss_reset, proc_status, profile
-from lightning_modules.experiment import run_name
+from lightning_modules.experiment import GMACS_PER_FRAME, PARAMS_M, run_name, trainer_defaults
 from lightning_modules.scoring import MONITOR
 
 log = logging.getLogger(__name__)
@@ -252,8 +252,7 @@ def train_and_score(
         "enable_progress_bar": False,
         "enable_model_summary": False,
         "num_sanity_val_steps": 0,
-        "gradient_clip_val": 1.0,
-        "precision": "bf16-mixed" if torch.cuda.is_available() else "32-true",
+        **trainer_defaults(),
         **settings.get("trainer", {}),
     }
     trainer = L.Trainer(
@@ -423,8 +422,8 @@ def run_grid(
                     "key": r["key"],
                     "run": run_name(r["settings"]),
                     "status": store.status().get(r["key"], "todo"),
-                    "params_total_m": cost["params_total_m"],
-                    "gmacs_per_frame": cost["gmacs_per_frame"],
+                    PARAMS_M: cost[PARAMS_M],
+                    GMACS_PER_FRAME: cost[GMACS_PER_FRAME],
                 }
             )
         return pd.DataFrame(rows)
@@ -555,14 +554,12 @@ def write_reports(df: pd.DataFrame, folder: Path, cfg: dict, mode: str) -> dict[
     paths["md"].write_text(render(df, rows, cols, metric, "md"))
     paths["latex"].write_text(render(df, rows, cols, metric, "latex"))
     points = (
-        df.groupby("run", sort=False)
-        .agg({metric: "mean", "gmacs_per_frame": "first"})
-        .reset_index()
+        df.groupby("run", sort=False).agg({metric: "mean", GMACS_PER_FRAME: "first"}).reset_index()
     )
     points["label"] = points["run"].str.replace(r"_s\d+$", "", regex=True)
     points = (
         points.groupby("label", sort=False)
-        .agg({metric: "mean", "gmacs_per_frame": "first"})
+        .agg({metric: "mean", GMACS_PER_FRAME: "first"})
         .reset_index()
     )
     frontier_plot(
@@ -584,7 +581,7 @@ def write_reports(df: pd.DataFrame, folder: Path, cfg: dict, mode: str) -> dict[
             {
                 "results": table,
                 "frontier": wandb.plot.scatter(
-                    table, "gmacs_per_frame", metric, title=f"{cfg['name']} frontier"
+                    table, GMACS_PER_FRAME, metric, title=f"{cfg['name']} frontier"
                 ),
             }
         )

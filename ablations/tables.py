@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 from pandas.io.formats.style import Styler
 
+from lightning_modules.experiment import GMACS_PER_FRAME, LATENCY_MS, PARAMS_M
+
 LOWER_IS_BETTER = ("loss",)  # a measure whose name holds one of these is minimised
 
 
@@ -36,7 +38,7 @@ def summarise(df: pd.DataFrame, rows: str, cols: str, metric: str) -> pd.DataFra
     g = df.groupby([rows, cols], sort=False)
     out = g[metric].agg(["mean", "std", "count"]).reset_index()
     out["std"] = out["std"].fillna(0.0)
-    for c in ("params_total_m", "gmacs_per_frame"):
+    for c in (PARAMS_M, GMACS_PER_FRAME):
         if c in df.columns:
             out[c] = g[c].first().to_numpy()
     return out
@@ -61,14 +63,12 @@ def table_frame(
         ]
         target = part["mean"].min() if lower else part["mean"].max()
         best[name] = list(part["mean"] == target)
-        if "params_total_m" in part:
-            text[(str(c), "Params (M)")] = [
-                f"{v:.2f}" if v == v else "" for v in part["params_total_m"]
-            ]
+        if PARAMS_M in part:
+            text[(str(c), "Params (M)")] = [f"{v:.2f}" if v == v else "" for v in part[PARAMS_M]]
             best[(str(c), "Params (M)")] = [False] * len(part)
-        if "gmacs_per_frame" in part:
+        if GMACS_PER_FRAME in part:
             text[(str(c), "GMACs / frame")] = [
-                f"{v:.3f}" if v == v else "" for v in part["gmacs_per_frame"]
+                f"{v:.3f}" if v == v else "" for v in part[GMACS_PER_FRAME]
             ]
             best[(str(c), "GMACs / frame")] = [False] * len(part)
     index = pd.Index([str(r) for r in row_order], name=rows.split(".")[-1])
@@ -87,14 +87,14 @@ def _values(df: pd.DataFrame, column: str) -> str:
 def caption(df: pd.DataFrame, metric: str) -> str:
     seeds = int(df["seed"].nunique()) if "seed" in df else 1
     parts = [f"{_label(metric)}: mean ± std over {seeds} seed(s)."]
-    if "gmacs_per_frame" in df:
+    if GMACS_PER_FRAME in df:
         size = _values(df, "img_size")
         t = _values(df, "seq_len")
         parts.append(
             f"MACs are multiply-accumulates (1 MAC = 2 FLOPs), per frame, at {size} px "
             f"with clips of T = {t}."
         )
-    if "latency_ms_median" in df and "device" in df:
+    if LATENCY_MS in df and "device" in df:
         dev = df["device"].iloc[0]
         threads = f"{df['threads'].iloc[0]:g}" if "threads" in df else "?"
         parts.append(f"Latency: median per clip, batch 1, on {dev} with {threads} thread(s).")

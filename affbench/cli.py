@@ -132,36 +132,39 @@ def _profile(args: argparse.Namespace) -> None:
         _print_rows(rows, args.format)
 
 
-def _override(cfg: dict, assignments: list[str]) -> None:
-    """``--set model.lr=0.001``-style overrides of an ablation's or a sweep's base settings."""
+def _base_settings(cfg: dict, args: argparse.Namespace, synth: bool = True) -> None:
+    """``--set model.lr=0.001`` and ``--data.root`` over an ablation's or a sweep's base (the
+    keys checked as a file's are), then, with ``--synth-if-missing`` (and ``synth``), the
+    synthetic dataset written where the data root does not exist."""
     import yaml
 
-    from ablations.grid import set_path
+    from ablations.grid import check_overrides, set_path
 
-    for a in assignments:
-        key, sep, value = a.partition("=")
-        if not sep:
-            raise SystemExit(f"affbench: error: --set expects key=value, got {a!r}")
-        set_path(cfg["base"], key, yaml.safe_load(value))
-
-
-def _ablate(args: argparse.Namespace) -> None:
-    from ablations.grid import check_overrides, expand, load_grid
-    from ablations.runner import Interrupted, run_grid, wandb_mode
-
-    cfg = load_grid(args.config)
     sets = (args.set or []) + ([f"data.root={args.data_root}"] if args.data_root else [])
+    for a in sets:
+        if "=" not in a:
+            raise SystemExit(f"affbench: error: --set expects key=value, got {a!r}")
     check_overrides(cfg, [a.partition("=")[0] for a in sets])
-    _override(cfg, sets)
-    if args.dry_run:
-        print(run_grid(cfg, args.results, dry_run=True).to_markdown(index=False))
-        return
+    for a in sets:
+        key, _, value = a.partition("=")
+        set_path(cfg["base"], key, yaml.safe_load(value))
     root = cfg["base"].get("data", {}).get("root", "data/synthetic")
-    if args.synth_if_missing and not Path(root).exists():
+    if synth and args.synth_if_missing and not Path(root).exists():
         from datamodules.synth import generate
 
         print(f"no data at {root}: writing the synthetic dataset there first")
         generate(root)
+
+
+def _ablate(args: argparse.Namespace) -> None:
+    from ablations.grid import expand, load_grid
+    from ablations.runner import Interrupted, run_grid, wandb_mode
+
+    cfg = load_grid(args.config)
+    _base_settings(cfg, args, synth=not args.dry_run)
+    if args.dry_run:
+        print(run_grid(cfg, args.results, dry_run=True).to_markdown(index=False))
+        return
     folder = Path(args.results) / cfg["name"]
     try:
         df = run_grid(
@@ -219,16 +222,10 @@ def _sweep(args: argparse.Namespace) -> None:
     from sweeps.storage import default_storage, shown
 
     cfg = load_sweep(args.config)
-    _override(cfg, (args.set or []) + ([f"data.root={args.data_root}"] if args.data_root else []))
+    _base_settings(cfg, args)
     study = args.study or cfg["name"]
     url = args.storage or default_storage(study, args.studies)
     n_trials = args.n_trials or cfg["n_trials"]
-    root = cfg["base"].get("data", {}).get("root", "data/synthetic")
-    if args.synth_if_missing and not Path(root).exists():
-        from datamodules.synth import generate
-
-        print(f"no data at {root}: writing the synthetic dataset there first")
-        generate(root)
     check_runnable(cfg, args.config)  # a missing data root, unknown heads or backbones: at once
     mode = wandb_mode(args.no_wandb)
     os.environ.setdefault("WANDB_SILENT", "true")  # the trial lines and the table say enough

@@ -14,6 +14,7 @@ import lightning as L
 import torch
 
 from datamodules.abaw import AbawDataModule
+from lightning_modules.experiment import trainer_defaults
 from lightning_modules.module import AffectModule
 
 
@@ -53,9 +54,8 @@ def bench_learning(
         )
         trainer = L.Trainer(
             accelerator="auto",
-            precision="bf16-mixed" if torch.cuda.is_available() else "32-true",
             max_epochs=epochs,
-            gradient_clip_val=1.0,
+            **trainer_defaults(),
             logger=False,
             enable_checkpointing=False,
             enable_progress_bar=False,

@@ -17,7 +17,6 @@ import warnings
 from pathlib import Path
 
 import timm
-import torch
 import torch.distributed as dist
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -27,7 +26,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from affbench.errors import ConfigError
 from datamodules.abaw import IMAGENET_MEAN, IMAGENET_STD, AbawDataModule
 from lightning_modules.backbone import backbone_norm, load_file
-from lightning_modules.experiment import run_name
+from lightning_modules.experiment import run_name, trainer_defaults
 from lightning_modules.module import AffectModule
 from lightning_modules.objectives import parse_model_tasks
 from lightning_modules.scoring import MONITOR
@@ -205,8 +204,7 @@ def run(args: list[str]) -> None:
         args=args,
         seed_everything_default=0,
         trainer_defaults={
-            "gradient_clip_val": 1.0,
-            "precision": "bf16-mixed" if torch.cuda.is_available() else "32-true",
+            **trainer_defaults(),
             "max_epochs": 10,
             "log_every_n_steps": 10,
         },

@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from datamodules.bench import cpu_name
+from lightning_modules.experiment import GMACS_PER_FRAME, LATENCY_MS, PARAMS_M
 
 aten = torch.ops.aten
 
@@ -186,12 +187,12 @@ def _count(spec: ModelSpec, model: nn.Module) -> dict:
     row = {
         "params_backbone_m": round(backbone_m, 4),
         "params_head_m": round(head_m, 4),
-        "params_total_m": round(params(model), 4),
+        PARAMS_M: round(params(model), 4),
         "params_trainable_m": round(
             sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6, 4
         ),
         "gmacs_per_clip": round(macs / 1e9, 5),
-        "gmacs_per_frame": round(macs / 1e9 / spec.frames_per_clip, 5),
+        GMACS_PER_FRAME: round(macs / 1e9 / spec.frames_per_clip, 5),
         "gflops_per_clip": round(2 * macs / 1e9, 5),
         "gflops_per_frame": round(2 * macs / 1e9 / spec.frames_per_clip, 5),
     }
@@ -306,7 +307,7 @@ def profile(
                 else proc_status("VmHWM")
             )
             row.update(
-                latency_ms_median=round(1e3 * statistics.median(lat), 3),
+                **{LATENCY_MS: round(1e3 * statistics.median(lat), 3)},
                 latency_ms_p90=round(1e3 * sorted(lat)[min(len(lat) - 1, int(0.9 * len(lat)))], 3),
                 frames_per_s=round(batch * spec.frames_per_clip / statistics.median(thr), 1),
                 peak_mem_mib=round(peak - base, 1),
@@ -317,7 +318,7 @@ def profile(
                 stream = _timed(lambda: streamer.step(frame), dev, warmup, runs * 2)
                 row.update(
                     stream_ms_per_new_frame=round(1e3 * statistics.median(stream), 3),
-                    recompute_ms_per_new_frame=row["latency_ms_median"],
+                    recompute_ms_per_new_frame=row[LATENCY_MS],
                 )
     row.update(
         device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),

@@ -16,6 +16,7 @@ import timm
 import torch
 
 from lightning_modules.efficiency import ModelSpec, profile, static_costs
+from lightning_modules.experiment import GMACS_PER_FRAME, LATENCY_MS, PARAMS_M
 
 ZOO_BACKBONES = (
     "mobilenetv4_conv_small",
@@ -48,8 +49,8 @@ def zoo(
                                 "head",
                                 "img_size",
                                 "seq_len",
-                                "params_total_m",
-                                "gmacs_per_frame",
+                                PARAMS_M,
+                                GMACS_PER_FRAME,
                                 "frames_per_s",
                                 "stream_ms_per_new_frame",
                                 "recompute_ms_per_new_frame",
@@ -80,8 +81,8 @@ def growth(seq_lens=(8, 16, 32, 64), size=224, backbone="mobilenetv4_conv_small"
                     "seq_len": t,
                     "img_size": size,
                     "params_head_m": c["params_head_m"],
-                    "params_total_m": c["params_total_m"],
-                    "gmacs_per_frame": c["gmacs_per_frame"],
+                    PARAMS_M: c[PARAMS_M],
+                    GMACS_PER_FRAME: c[GMACS_PER_FRAME],
                     "head_gmacs_per_clip": c["head_gmacs_per_clip"],
                 }
             )
@@ -115,7 +116,7 @@ def overhead(
                 warmup=3,
                 runs=runs,
             )
-            ours.append(r["latency_ms_median"])
+            ours.append(r[LATENCY_MS])
         p, o = statistics.median(plain), statistics.median(ours)
         rows.append(
             {

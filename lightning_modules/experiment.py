@@ -3,6 +3,23 @@ results store and the tables share (STYLE: metric keys and run names are defined
 
 from __future__ import annotations
 
+# The cost columns of a results row that tables, plots, sweeps and W&B read: spelled here, once.
+PARAMS_M = "params_total_m"
+GMACS_PER_FRAME = "gmacs_per_frame"
+LATENCY_MS = "latency_ms_median"
+
+
+def trainer_defaults() -> dict:
+    """What every training of the suite uses unless told otherwise (the CLI, ablation grids,
+    sweeps and the learning benchmark): gradients clipped at 1.0; bf16 mixed precision on a
+    GPU, fp32 on the CPU."""
+    import torch
+
+    return {
+        "gradient_clip_val": 1.0,
+        "precision": "bf16-mixed" if torch.cuda.is_available() else "32-true",
+    }
+
 
 def run_name(settings: dict) -> str:
     """``{backbone}+{head}_t{T}_r{res}_s{seed}`` (plus head settings and tasks where given)."""

@@ -16,9 +16,10 @@ import pandas as pd
 
 from ablations.frontier import frontier_plot, pareto_mask
 from ablations.tables import latex_escaped
+from lightning_modules.experiment import PARAMS_M
 from sweeps.space import COST, LATENCY
 
-COLUMNS = {COST: "GMACs / frame", "params_total_m": "Params (M)", LATENCY: "Latency (ms)"}
+COLUMNS = {COST: "GMACs / frame", PARAMS_M: "Params (M)", LATENCY: "Latency (ms)"}
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:

@@ -49,6 +49,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
 from optuna.trial import TrialState
 
+from lightning_modules.experiment import PARAMS_M
 from sweeps.cost import trial_cost
 from sweeps.space import COST, LATENCY, directions, make_pruner, make_sampler, objective_names
 from sweeps.space import suggest as suggest_settings
@@ -58,10 +59,10 @@ log = logging.getLogger("affbench.sweep")
 # ask/tell with a heartbeat is what several workers sharing one budget need (module docstring)
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 COST_ATTRS = (
-    "params_total_m",
+    PARAMS_M,
     "params_backbone_m",
     "params_head_m",
-    "gmacs_per_frame",
+    COST,
     "gmacs_per_clip",
     LATENCY,
     "device",

@@ -35,6 +35,7 @@ import yaml
 
 from ablations.grid import check_base, key_lines, path_problem, set_path
 from affbench.errors import ConfigError
+from lightning_modules.experiment import GMACS_PER_FRAME, LATENCY_MS
 from lightning_modules.scoring import (
     AROUSAL,
     AU_TUNED,
@@ -75,8 +76,7 @@ SAMPLERS = {
     "random": "RandomSampler",
     "gp": "GPSampler",
 }
-COST = "gmacs_per_frame"
-LATENCY = "latency_ms_median"
+COST, LATENCY = GMACS_PER_FRAME, LATENCY_MS
 
 
 def load_sweep(path: str | Path) -> dict:
