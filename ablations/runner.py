@@ -37,7 +37,13 @@ from ablations.grid import expand
 from ablations.tables import render
 from affbench.errors import ConfigError
 from lightning_modules.efficiency import ModelSpec, peak_rss_reset, proc_status, profile
-from lightning_modules.experiment import GMACS_PER_FRAME, PARAMS_M, run_name, trainer_defaults
+from lightning_modules.experiment import (
+    GMACS_PER_FRAME,
+    PARAMS_M,
+    Interrupted,
+    run_name,
+    trainer_defaults,
+)
 from lightning_modules.scoring import MONITOR
 
 log = logging.getLogger(__name__)
@@ -123,20 +129,6 @@ class ResultsStore:
             f.close()
             return None
         return f
-
-
-class Interrupted(KeyboardInterrupt):
-    """A run stopped by SIGTERM or Ctrl-C; ``checkpoint`` is where it stood (or None)."""
-
-    def __init__(
-        self,
-        why: str,
-        checkpoint: str | None = None,
-        run_id: str | None = None,
-        train_s: float = 0.0,
-    ):
-        super().__init__(why)
-        self.why, self.checkpoint, self.run_id, self.train_s = why, checkpoint, run_id, train_s
 
 
 class _SaveOnSigterm(L.Callback):
@@ -293,12 +285,12 @@ def train_and_score(
         (ckpt_dir / "interrupted.ckpt").unlink(missing_ok=True)
         return row
     except (KeyboardInterrupt, SystemExit) as e:
-        # Lightning turns SIGTERM into SIGTERMException at the end of a batch, and Ctrl-C into
-        # SystemExit(1); outside its loops run_grid's handler only flags SIGTERM (checked above)
-        why = "SIGTERM" if _is_sigterm(e) or _stop_signal == signal.SIGTERM else "SIGINT"
+        # Lightning turns SIGTERM into SIGTERMException at the end of a batch, and Ctrl-C (or
+        # a sweep's Interrupted) into SystemExit(1) with it as the context; outside its loops
+        # run_grid's handler only flags SIGTERM (checked above)
         train_s = time.perf_counter() - t0 + float(resume.get("train_s") or 0)
         raise Interrupted(
-            f"interrupted by {why}",
+            _signal_of(e),
             on_sigterm.saved or ckpt.last_model_path or start,
             logger.experiment.id if mode != "disabled" else None,
             round(train_s, 1),
@@ -316,10 +308,17 @@ def _check_stop() -> None:
         raise KeyboardInterrupt
 
 
-def _is_sigterm(e: BaseException) -> bool:
+def _signal_of(e: BaseException) -> int:
+    """The signal behind an interruption: a SIGTERMException or run_grid's flag say SIGTERM, an
+    Interrupted (itself, or what Lightning's SystemExit replaced) says its own; else SIGINT."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    return isinstance(e, SIGTERMException)
+    if isinstance(e, SIGTERMException) or _stop_signal == signal.SIGTERM:
+        return signal.SIGTERM
+    for cause in (e, e.__context__):
+        if isinstance(cause, Interrupted):
+            return cause.signum
+    return signal.SIGINT
 
 
 def _test_is_labelled(data) -> bool:

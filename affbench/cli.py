@@ -158,7 +158,8 @@ def _base_settings(cfg: dict, args: argparse.Namespace, synth: bool = True) -> N
 
 def _ablate(args: argparse.Namespace) -> None:
     from ablations.grid import expand, load_grid
-    from ablations.runner import Interrupted, run_grid, wandb_mode
+    from ablations.runner import run_grid, wandb_mode
+    from lightning_modules.experiment import Interrupted
 
     cfg = load_grid(args.config)
     _base_settings(cfg, args, synth=not args.dry_run)
@@ -180,7 +181,7 @@ def _ablate(args: argparse.Namespace) -> None:
             f"resumes from {e.checkpoint or 'the start'} when the same command runs again",
             file=sys.stderr,
         )
-        raise SystemExit(143 if "SIGTERM" in e.why else 130) from None
+        raise SystemExit(128 + e.signum) from None
     keys = {r["key"] for r in expand(cfg)}
     df = df[df["key"].isin(keys)]
     counts = df["status"].value_counts()
@@ -216,6 +217,7 @@ def _sweep(args: argparse.Namespace) -> None:
     import signal
 
     from ablations.runner import wandb_mode
+    from lightning_modules.experiment import Interrupted
     from sweeps.frontier import frontier_table, write_frontier
     from sweeps.runner import budget, failures, run_sweep
     from sweeps.space import check_runnable, load_sweep
@@ -236,7 +238,7 @@ def _sweep(args: argparse.Namespace) -> None:
             cfg, url, study, n_trials, out, args.workers, args.timeout, mode, args.retry_failed
         )
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the running trials are retried
-        signum = getattr(e, "signum", signal.SIGINT)
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
         print(
             f"\n{study}: stopped by {signal.Signals(signum).name}; a running trial is failed as "
             "interrupted and its retry queued: run the same command again to continue",

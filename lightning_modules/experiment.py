@@ -30,3 +30,23 @@ def run_name(settings: dict) -> str:
     name += f"_t{m.get('seq_len', 32)}_r{m.get('img_size', 112)}_s{settings.get('seed', 0)}"
     tasks = m.get("tasks", "va")
     return name if tasks == "va" else f"{name}_{str(tasks).replace(',', '-')}"
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM (``signum``) stopped a run, a grid or a sweep. For one
+    training run: ``checkpoint`` is where it stood (or None), ``run_id`` its W&B run and
+    ``train_s`` its training time so far, so it can resume."""
+
+    def __init__(
+        self,
+        signum: int,
+        checkpoint: str | None = None,
+        run_id: str | None = None,
+        train_s: float = 0.0,
+    ):
+        import signal
+
+        self.signum = int(signum)
+        self.why = f"interrupted by {signal.Signals(self.signum).name}"
+        super().__init__(self.why)
+        self.checkpoint, self.run_id, self.train_s = checkpoint, run_id, train_s

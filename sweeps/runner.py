@@ -49,7 +49,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
 from optuna.trial import TrialState
 
-from lightning_modules.experiment import PARAMS_M
+from lightning_modules.experiment import PARAMS_M, Interrupted
 from sweeps.cost import trial_cost
 from sweeps.space import COST, LATENCY, directions, make_pruner, make_sampler, objective_names
 from sweeps.space import suggest as suggest_settings
@@ -68,15 +68,6 @@ COST_ATTRS = (
     "device",
     "threads",
 )
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM (``signum``) stopped the sweep; the trial it stopped is failed as
-    ``interrupted`` and its retry queued, so the same command continues."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = int(signum)
 
 
 # A worker's Ctrl-C / SIGTERM (module docstring): the first signal, and whether it may raise now
@@ -368,7 +359,8 @@ def _worker_main(kw: dict, gpu: int | None = None) -> None:
     try:
         work(**kw)  # its own SIGINT / SIGTERM handler (even if the parent ignored SIGINT)
     except KeyboardInterrupt as e:
-        raise SystemExit(128 + getattr(e, "signum", signal.SIGINT)) from None
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        raise SystemExit(128 + signum) from None
 
 
 def run_sweep(

@@ -33,7 +33,7 @@ from pathlib import Path
 import optuna
 import yaml
 
-from ablations.grid import check_base, key_lines, path_problem, set_path
+from ablations.grid import check_base, key_lines, name_problem, path_problem, set_path
 from affbench.errors import ConfigError
 from lightning_modules.experiment import GMACS_PER_FRAME, LATENCY_MS
 from lightning_modules.scoring import (
@@ -257,8 +257,6 @@ def check_runnable(cfg: dict, where: str = "sweep") -> None:
     data root without annotations, and any head or backbone name the sweep can take (the base's
     and the choices of the entries placed at ``model.head`` / ``model.backbone``) that does not
     exist. Trials would otherwise spend the budget failing one by one."""
-    import timm
-
     from datamodules.index import find_annotations_dir
     from lightning_modules.heads import list_heads
 
@@ -277,12 +275,10 @@ def check_runnable(cfg: dict, where: str = "sweep") -> None:
     for name, entry in cfg["space"].items():
         if entry.get("path", name) in names and "choices" in entry:
             names[entry.get("path", name)] += entry["choices"]
-    heads = list_heads()
-    bad = [h for h in dict.fromkeys(names["model.head"]) if h not in heads]
-    if bad:
-        problems.append(f"unknown head(s) {', '.join(map(repr, bad))} (heads: {', '.join(heads)})")
-    bad = [b for b in dict.fromkeys(names["model.backbone"]) if not timm.is_model(str(b))]
-    if bad:
-        problems.append(f"unknown backbone(s) {', '.join(map(repr, bad))} (timm model names)")
+    for path, what in (("model.head", "head"), ("model.backbone", "backbone")):
+        bad = [v for v in dict.fromkeys(names[path]) if name_problem(path, v) is not None]
+        if bad:
+            known = f"heads: {', '.join(list_heads())}" if what == "head" else "timm model names"
+            problems.append(f"unknown {what}(s) {', '.join(map(repr, bad))} ({known})")
     if problems:
         raise ConfigError(f"{where}: no trial can run: {'; '.join(problems)}")
