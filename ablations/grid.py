@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from affbench.errors import ConfigError
+from core.errors import ConfigError
 
 
 def key_lines(text: str) -> dict[tuple[str, ...], int]:

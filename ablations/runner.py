@@ -35,7 +35,8 @@ from tqdm.auto import tqdm
 from ablations.frontier import frontier_plot
 from ablations.grid import expand
 from ablations.tables import render
-from affbench.errors import ConfigError
+from core.errors import ConfigError
+from core.paths import RESULTS
 from lightning_modules.efficiency import ModelSpec, peak_rss_reset, proc_status, profile
 from lightning_modules.experiment import (
     GMACS_PER_FRAME,
@@ -393,7 +394,7 @@ def _check_model(module_cls, data_cls, model: dict, data: dict) -> None:
 
 def run_grid(
     cfg: dict,
-    results_root: str | Path = "ablations/results",
+    results_root: str | Path = RESULTS,
     wandb_disabled: bool = False,
     dry_run: bool = False,
     max_runs: int | None = None,

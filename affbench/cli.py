@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-STUDIES_DIR = "sweeps/studies"  # SQLite studies, W&B runs and checkpoints of sweeps
+from core.paths import RESULTS, STUDIES
 
 
 def _data_synth(args: argparse.Namespace) -> None:
@@ -293,7 +293,7 @@ def _frontier(args: argparse.Namespace) -> None:
     with damage_is_an_error(args.storage):
         print(frontier_table(st, args.format))
     if not args.no_plot and any(t.state.name == "COMPLETE" for t in st.get_trials(deepcopy=False)):
-        out = Path(args.out or Path(STUDIES_DIR) / args.study / "frontier.png")
+        out = Path(args.out or Path(STUDIES) / args.study / "frontier.png")
         mode = wandb_mode(args.no_wandb)
         plot = write_frontier(st, out, mode)
         print(f"frontier plot: {plot}", file=sys.stderr)
@@ -407,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ablate", help="run an ablation grid: train, score, profile, log, tabulate")
     p.add_argument("config", help="ablations/configs/<name>.yaml")
     p.add_argument("--dry-run", action="store_true", help="list the combinations and their cost")
-    p.add_argument("--results", default="ablations/results")
+    p.add_argument("--results", default=RESULTS)
     p.add_argument("--data.root", dest="data_root", default=None, help="the data (e.g. Aff-Wild2)")
     p.add_argument("--set", action="append", help="override a base setting: model.lr=0.0005")
     p.add_argument("--no-wandb", action="store_true", help="no W&B runs at all")
@@ -433,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default=None, help="sqlite:///F, postgresql://..., journal:///F")
     p.add_argument("--study", default=None, help="study name (default: the file's name)")
     p.add_argument("--workers", type=int, default=1, help="local worker processes")
-    p.add_argument("--studies", default=STUDIES_DIR, help="SQLite files, W&B runs, checkpoints")
+    p.add_argument("--studies", default=STUDIES, help="SQLite files, W&B runs, checkpoints")
     p.add_argument("--data.root", dest="data_root", default=None, help="the data (e.g. Aff-Wild2)")
     p.add_argument("--set", action="append", help="override a base setting: data.batch_size=4")
     p.add_argument("--no-wandb", action="store_true", help="no W&B runs at all")
@@ -490,7 +490,7 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    from affbench.errors import ConfigError, DataError
+    from core.errors import ConfigError, DataError
     from datamodules.annotations import AnnotationError
 
     try:

@@ -26,11 +26,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from affbench.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
 from datamodules.augment import AugmentConfig, ClipTransform, normalize_frames
 from datamodules.clips import eval_windows, scored_mask, train_windows
 from datamodules.dataset import ClipDataset, collate_clips
-from datamodules.index import FrameIndex, default_cache_dir, find_annotations_dir, load_index
+from datamodules.index import (
+    FrameIndex,
+    default_cache_dir,
+    find_annotations_dir,
+    load_index,
+    test_list_path,
+)
 from datamodules.tasks import SPLITS, TEST_SPLIT, parse_tasks
 
 log = logging.getLogger(__name__)
@@ -114,8 +120,6 @@ class AbawDataModule(L.LightningDataModule):
     def test_list_file(self) -> Path | None:
         if self.hparams.test_list:
             return Path(self.hparams.test_list)
-        from datamodules.synth import test_list_path
-
         path = test_list_path(self.hparams.root, self.tasks[0])
         return path if path.exists() else None
 

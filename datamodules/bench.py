@@ -18,19 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.synth import ANNOTATIONS_DIR
+from core.host import cpu_name
+from datamodules.index import ANNOTATIONS_DIR
 from datamodules.tasks import SPLITS, get_task
-
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux), else what the platform module says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def conditions() -> dict:

@@ -29,11 +29,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from affbench.errors import DataError
+from core.errors import DataError
+from core.paths import cache_root
 from datamodules.annotations import AnnotationError, read_task_files
 from datamodules.tasks import SPLITS, TEST_SPLIT, get_task, list_tasks
 
 FRAMES_DIR = "cropped_aligned"
+ANNOTATIONS_DIR = "8th_ABAW_Annotations"  # the 8th ABAW release's folder name
+TEST_LISTS_DIR = "test_set_examples"  # the organisers' lists of test frames to predict
+
+
+def test_list_path(root: Path | str, task: str) -> Path:
+    """``<root>/test_set_examples/<TASK>_test_set_example.txt``."""
+    return Path(root) / TEST_LISTS_DIR / f"{task.upper()}_test_set_example.txt"
+
+
 INDEX_VERSION = 2  # 2: per-video frame name width
 ABAW_WIDTH = 5  # 00001.jpg, the organisers' names
 _FRAME_NAME = re.compile(r"^(\d+)\.jpg$")
@@ -276,7 +286,7 @@ def _cache_key(root: Path, ann_dir: Path, split: str, test_list: Path | None) ->
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("AFFBENCH_CACHE", Path.home() / ".cache" / "affbench")) / "index"
+    return cache_root() / "index"
 
 
 def build_index(

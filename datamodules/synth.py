@@ -35,12 +35,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from datamodules.index import FRAMES_DIR
+from datamodules.index import ANNOTATIONS_DIR, FRAMES_DIR, TEST_LISTS_DIR, test_list_path
 from datamodules.synth_faces import AU_INDEX, Identity, render_face
 from datamodules.tasks import AU_NAMES, EXPR_NAMES, SPLITS, TEST_SPLIT, get_task
-
-ANNOTATIONS_DIR = "8th_ABAW_Annotations"
-TEST_LISTS_DIR = "test_set_examples"
 
 # Prototype (valence, arousal) per expression (Other has none: a latent of its own switches it on)
 _PROTOTYPES = np.array(
@@ -310,10 +307,6 @@ def generate(
         done = [_write_video(j) for j in jobs]
     write_test_lists(out)
     return done
-
-
-def test_list_path(root: Path | str, task: str) -> Path:
-    return Path(root) / TEST_LISTS_DIR / f"{task.upper()}_test_set_example.txt"
 
 
 __all__ = [

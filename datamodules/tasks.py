@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from affbench.errors import ConfigError
+from core.errors import ConfigError
 
 SPLITS = ("Train_Set", "Validation_Set")
 TEST_SPLIT = "Test_Set"  # labels of the test videos, where a user has them (the synthetic set does)

@@ -17,7 +17,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from affbench.errors import ConfigError
+from core.errors import ConfigError
 
 FREEZE_MODES = ("none", "stem", "all_but_last", "all")
 _UNGROUPED = 99999  # timm gives parameters after the last stage (a conv head) this group id

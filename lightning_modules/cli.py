@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from affbench.errors import ConfigError
+from core.errors import ConfigError
 from datamodules.abaw import IMAGENET_MEAN, IMAGENET_STD, AbawDataModule
 from lightning_modules.backbone import backbone_norm, load_file
 from lightning_modules.experiment import run_name, trainer_defaults

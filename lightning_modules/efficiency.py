@@ -29,7 +29,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from datamodules.bench import cpu_name
+from core.host import cpu_name
+from core.paths import cache_root
 from lightning_modules.experiment import GMACS_PER_FRAME, LATENCY_MS, PARAMS_M
 
 aten = torch.ops.aten
@@ -143,8 +144,11 @@ class ModelSpec:
 
 
 def cache_path() -> Path:
-    root = Path(os.environ.get("AFFBENCH_CACHE", Path.home() / ".cache" / "affbench"))
-    return root / "costs" / f"timm-{timm.__version__}-torch-{torch.__version__.split('+')[0]}.json"
+    return (
+        cache_root()
+        / "costs"
+        / f"timm-{timm.__version__}-torch-{torch.__version__.split('+')[0]}.json"
+    )
 
 
 def _read_json(path: Path) -> dict:

@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from affbench.errors import ConfigError
+from core.errors import ConfigError
 from datamodules.augment import normalize_frames
 from lightning_modules.backbone import FrameEncoder, backbone_norm
 from lightning_modules.heads import create_head

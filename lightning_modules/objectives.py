@@ -10,7 +10,7 @@ import torch
 from torch.nn import functional as F
 from torchvision.ops import sigmoid_focal_loss
 
-from affbench.errors import ConfigError
+from core.errors import ConfigError
 
 EMI_NAMES = ("Admiration", "Amusement", "Determination", "Empathic Pain", "Excitement", "Joy")
 OUTPUTS = {"va": 2, "expr": 8, "au": 12, "emi": 6}

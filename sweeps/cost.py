@@ -9,7 +9,7 @@ import json
 
 import torch
 
-from datamodules.bench import cpu_name
+from core.host import cpu_name
 from lightning_modules.efficiency import ModelSpec, cache_path, cached_row, profile
 
 

@@ -130,7 +130,7 @@ def create_study(cfg: dict, url: str, study: str) -> optuna.Study:
             load_if_exists=True,
         )
     if [d.name.lower() for d in st.directions] != directions(cfg):
-        from affbench.errors import ConfigError
+        from core.errors import ConfigError
 
         raise ConfigError(
             f"study {study!r} in {shown(url)} optimises {[d.name.lower() for d in st.directions]}, "

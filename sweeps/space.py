@@ -34,7 +34,7 @@ import optuna
 import yaml
 
 from ablations.grid import check_base, key_lines, name_problem, path_problem, set_path
-from affbench.errors import ConfigError
+from core.errors import ConfigError
 from lightning_modules.experiment import GMACS_PER_FRAME, LATENCY_MS
 from lightning_modules.scoring import (
     AROUSAL,

@@ -24,9 +24,8 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-from affbench.errors import ConfigError
-
-STUDIES = Path("sweeps/studies")
+from core.errors import ConfigError
+from core.paths import STUDIES
 
 
 def default_storage(study: str, studies: str | Path = STUDIES) -> str:

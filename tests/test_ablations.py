@@ -16,7 +16,7 @@ from ablations.frontier import frontier_plot, pareto_mask
 from ablations.grid import expand, load_grid
 from ablations.runner import ResultsStore, check_runs, resume_checkpoint, run_grid, run_name
 from ablations.tables import render, summarise
-from affbench.errors import ConfigError
+from core.errors import ConfigError
 
 
 def _cfg(root, heads, seeds=(0,), **model):

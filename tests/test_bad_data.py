@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import frame_level, va_text, write_tree
 
-from affbench.errors import DataError
+from core.errors import DataError
 from datamodules.abaw import MIN_FRAMES_CHECKED, AbawDataModule
 
 TR, VAL = "Train_Set", "Validation_Set"

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from affbench.errors import ConfigError
+from core.errors import ConfigError
 from lightning_modules.backbone import FeatureSpec, FrameEncoder
 from lightning_modules.heads import create_head, list_heads
 from lightning_modules.heads.mixer import token_grid

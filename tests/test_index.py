@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from conftest import ANN, frame_jpeg, frame_level, va_text, write_tree
 
-from affbench.errors import DataError
+from core.errors import DataError
 from datamodules.annotations import AnnotationError
 from datamodules.augment import ClipTransform
 from datamodules.dataset import ClipDataset

@@ -321,7 +321,7 @@ def test_listed_frames_without_prediction_take_the_nearest():
 
 
 def test_settings_that_would_be_silently_wrong_are_errors():
-    from affbench.errors import ConfigError
+    from core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"task_weights names unknown task\(s\) aus"):
         AffectModule(backbone=TINY, head="frame", tasks="va,au", task_weights={"aus": 2.0})
@@ -330,7 +330,7 @@ def test_settings_that_would_be_silently_wrong_are_errors():
 
 
 def test_pretrained_files_torch_cannot_read_are_config_errors(tmp_path):
-    from affbench.errors import ConfigError
+    from core.errors import ConfigError
 
     pickled = tmp_path / "whole_model.pt"
     torch.save(torch.nn.Linear(2, 2), pickled)  # the module object, not its state dict

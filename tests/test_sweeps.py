@@ -21,7 +21,7 @@ from PIL import Image
 from wandb_files import read_offline_run
 
 from affbench.cli import main
-from affbench.errors import ConfigError
+from core.errors import ConfigError
 from lightning_modules.efficiency import ModelSpec, static_costs
 from sweeps import runner
 from sweeps.frontier import frontier_table, trials_frame, write_frontier

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from affbench.cli import main
-from datamodules.synth import ANNOTATIONS_DIR, generate, latent_trajectories
+from datamodules.index import ANNOTATIONS_DIR
+from datamodules.synth import generate, latent_trajectories
 from datamodules.synth_faces import AU_INDEX, Identity, render_face
 from datamodules.tasks import get_task
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from affbench.errors import ConfigError
+from core.errors import ConfigError
 from lightning_modules.backbone import FeatureSpec
 
 _HEADS: dict[str, Callable[..., nn.Module]] = {}

@@ -24,7 +24,7 @@ from timm.layers import Mlp
 from torch import nn
 from torch.nn import functional as F
 
-from affbench.errors import ConfigError
+from core.errors import ConfigError
 from lightning_modules.backbone import FeatureSpec
 from lightning_modules.heads import register_head
 

@@ -6,7 +6,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from affbench.errors import ConfigError
+from core.errors import ConfigError
 from lightning_modules.backbone import FeatureSpec
 from lightning_modules.heads import register_head
 

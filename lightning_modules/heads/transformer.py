@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from affbench.errors import ConfigError
+from core.errors import ConfigError
 from lightning_modules.backbone import FeatureSpec
 from lightning_modules.heads import register_head
 
