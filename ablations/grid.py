@@ -29,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from core.errors import ConfigError
+from sweeps.storage import HEARTBEAT
 
 
 def key_lines(text: str) -> dict[tuple[str, ...], int]:
@@ -142,8 +143,17 @@ def load_grid(path: str | Path) -> dict:
     if not isinstance(cfg, dict):
         fail((), "expected a mapping with name, description, base and grid")
     for k in cfg:
-        if k not in ("name", "description", "base", "grid"):
-            fail((k,), f"unknown key {k!r}; grid files have name, description, base and grid")
+        if k not in ("name", "description", "base", "grid", "heartbeat"):
+            fail(
+                (k,),
+                f"unknown key {k!r}; grid files have name, description, base, grid and heartbeat",
+            )
+    beat = cfg.get("heartbeat") or {}
+    if not isinstance(beat, dict) or not all(
+        k in ("interval", "grace") and isinstance(v, int | float) and v > 0 for k, v in beat.items()
+    ):
+        fail(("heartbeat",), "heartbeat takes interval and grace, in seconds (> 0)")
+    cfg["heartbeat"] = {**HEARTBEAT, **beat}
     if "base" not in cfg:
         fail((), "no 'base' section (the settings every combination starts from)")
     cfg.setdefault("name", path.stem)

@@ -1,15 +1,20 @@
-"""Run an ablation grid: train, score, profile and record every combination, resumably.
+"""Run an ablation grid on the engine that runs sweeps (``sweeps.engine``).
 
-The results store is ``<results>/<name>/results.csv``, one row per combination key. Every write
-holds a lock on the folder and replaces the file atomically, so processes sharing a folder never
-lose a row; each combination is claimed (an ``flock`` the kernel drops when its process dies)
-before it runs, so two ``affbench ablate`` on one folder never run it twice. A finished key is
-skipped on the next run; a failing one (exception, NaN loss, out of memory) is written with its
-error and the grid goes on (``retry_failed`` runs it again next time). SIGTERM or Ctrl-C (a
-cluster's time limit, ``timeout``) stops the grid: the running combination is saved to a
-checkpoint where it stood, recorded ``interrupted``, and resumed from that checkpoint on the next
-start. Each combination is one W&B run (offline unless you are logged in or set WANDB_MODE),
-grouped by the ablation's name and finished before the next starts.
+A grid is an Optuna study named after it, each combination one trial (its key in the user
+attribute ``key``), by default in ``<results>/<name>/grid.db`` (SQLite); ``--storage
+postgresql://...`` lets the same command on several machines share it. Workers claim
+combinations under the storage's lock, each once; a running combination sends heartbeats, and
+one whose worker was killed is failed and rerun once by another worker. A combination that
+raises (NaN loss, out of memory, bad settings) is failed with its error and the grid goes on
+(``retry_failed`` runs it again next time). SIGTERM or Ctrl-C (a cluster's time limit,
+``timeout``) stop the grid: the running combination is saved to a checkpoint where it stood,
+recorded ``interrupted``, and resumed from that checkpoint by the next run. A combination with
+``trainer.devices`` above 1 trains under DDP in a process of its own.
+
+The results store ``<results>/<name>/results.csv`` (one row per combination: done, failed or
+interrupted), ``table.md``, ``table.tex``, ``frontier.png`` and the W&B summary run are made from
+the study. Each combination is one W&B run (offline unless you are logged in or set
+WANDB_MODE), grouped by the grid's name and finished before the next starts.
 """
 
 from __future__ import annotations
@@ -18,65 +23,50 @@ import contextlib
 import fcntl
 import json
 import logging
-import netrc
+import math
 import os
 import signal
-import time
-import traceback
+import socket
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
+import optuna
 import pandas as pd
-import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-from tqdm.auto import tqdm
+from optuna.trial import TrialState
 
 from ablations.frontier import frontier_plot
 from ablations.grid import expand
 from ablations.tables import render
 from core.errors import ConfigError
 from core.paths import RESULTS
-from lightning_modules.efficiency import ModelSpec, peak_rss_reset, proc_status, profile
 from lightning_modules.experiment import (
     GMACS_PER_FRAME,
     PARAMS_M,
     Interrupted,
+    build,
+    cost_row,
+    flat,
+    resume_checkpoint,
     run_name,
-    trainer_defaults,
+    spans_devices,
+    summary_run,
+    train_and_score,
+    train_and_score_apart,
+    wandb_mode,
 )
 from lightning_modules.scoring import MONITOR
+from sweeps.engine import Plan, clear_errors, failures, queue_retries, run_workers
+from sweeps.storage import HEARTBEAT, damage_is_an_error, open_storage, shown
 
 log = logging.getLogger(__name__)
-PROJECT = "affbench"
-
-
-def wandb_mode(disabled: bool = False) -> str:
-    """disabled, the user's WANDB_MODE, online when logged in, else offline (real run files)."""
-    if disabled:
-        return "disabled"
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    logged_in = bool(os.environ.get("WANDB_API_KEY"))
-    with contextlib.suppress(OSError, netrc.NetrcParseError):
-        logged_in = logged_in or netrc.netrc().authenticators("api.wandb.ai") is not None
-    return "online" if logged_in else "offline"
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "head_kwargs":
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, dict | list) else v
-    return out
+GRID_DB = "grid.db"
 
 
 class ResultsStore:
-    """results.csv under one folder, one row per combination key, safe for several processes:
-    writes hold ``.results.lock`` and replace the file atomically; ``claim`` takes a
-    combination for this process (``claims/<key>.lock``)."""
+    """results.csv under one folder, one row per combination key, made from the grid's study
+    by each worker after each combination. Writes hold ``.results.lock`` and replace the file
+    atomically, so processes sharing a folder never leave it half written."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
@@ -90,8 +80,11 @@ class ResultsStore:
         )
 
     def status(self) -> dict[str, str]:
-        df = self.read()
-        return dict(zip(df["key"], df["status"], strict=True))
+        return self.status_of(self.read())
+
+    @staticmethod
+    def status_of(df: pd.DataFrame) -> dict[str, str]:
+        return dict(zip(df["key"], df["status"], strict=True)) if len(df) else {}
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -107,10 +100,8 @@ class ResultsStore:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def put(self, row: dict) -> None:
+    def write(self, df: pd.DataFrame) -> None:
         with self.locked():
-            df = self.read()
-            df = pd.concat([df[df["key"] != row["key"]], pd.DataFrame([row])], ignore_index=True)
             tmp = self.path.with_name(f".results.{os.getpid()}.csv")
             with open(tmp, "w") as f:
                 df.to_csv(f, index=False)
@@ -118,228 +109,229 @@ class ResultsStore:
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
 
-    def claim(self, key: str):
-        """An open, locked claim file for ``key``, or None when another process holds it. The
-        claim ends when the file is closed or the process dies."""
-        folder = self.folder / "claims"
-        folder.mkdir(parents=True, exist_ok=True)
-        f = open(folder / f"{key}.lock", "a")  # noqa: SIM115 (held open while the run lasts)
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.close()
-            return None
-        return f
+
+def default_storage(folder: Path) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(folder / GRID_DB).resolve()}"
 
 
-class _SaveOnSigterm(L.Callback):
-    """On SIGTERM Lightning stops at the end of a batch (SIGTERMException): save the state there,
-    atomically, so the run resumes from it."""
-
-    def __init__(self, path: Path):
-        self.path, self.saved = Path(path), None
-
-    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            trainer.save_checkpoint(tmp)  # every rank calls it; rank 0 writes the file
-            if trainer.is_global_zero:
-                os.replace(tmp, self.path)
-            self.saved = str(self.path)
-
-
-def _loadable(path: Path) -> bool:
-    """A checkpoint that a kill or a full disk did not truncate."""
-    try:
-        torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-        return True
-    except Exception:  # truncated zip, empty file, anything torch cannot read
-        return False
-
-
-def resume_checkpoint(folder: Path) -> Path | None:
-    """The newest readable checkpoint of an interrupted run (truncated files are ignored and
-    reported)."""
-    found = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for path in found:
-        if _loadable(path):
-            return path
-        log.warning("ignoring %s: the file is damaged or truncated", path)
-    return None
-
-
-def _peak_memory_reset() -> float:
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-        return torch.cuda.memory_allocated() / 2**20
-    return peak_rss_reset()
-
-
-def _peak_memory() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return proc_status("VmHWM")
-
-
-def train_and_score(
-    settings: dict,
-    folder: Path,
-    group: str,
-    mode: str,
-    key: str,
-    *,
-    name: str | None = None,
-    config: dict | None = None,
-    callbacks: list | None = None,
-    cost: dict | None = None,
-    resume: dict | None = None,
-) -> dict:
-    """One combination (or sweep trial): fit, score the best checkpoint on val (and test when
-    labelled), profile; returns the results row. Runs one W&B run, named ``name`` (default
-    :func:`run_name`) with ``config`` (default: the flattened settings), finished before
-    returning. ``callbacks`` join the checkpoint callback (a sweep's pruner); ``cost``, a row
-    already measured by ``efficiency.profile``, replaces the profiling step. ``resume`` (the
-    row of an interrupted run: ``checkpoint``, ``wandb_run_id``, ``train_s``) continues that run
-    from its checkpoint, in the same W&B run. SIGTERM or Ctrl-C raise :class:`Interrupted`, the
-    state saved first when it came during training."""
-    from lightning.pytorch.loggers import WandbLogger
-
-    from datamodules.abaw import AbawDataModule
-    from lightning_modules.module import AffectModule
-
-    resume = resume or {}
-    L.seed_everything(settings.get("seed", 0), workers=True)
-    model_kw, data_kw = dict(settings.get("model", {})), dict(settings.get("data", {}))
-    model = AffectModule(**model_kw)
-    hp = model.hparams
-    data = AbawDataModule(
-        **{
-            **data_kw,
-            "tasks": hp.tasks,
-            "seq_len": hp.seq_len,
-            "img_size": hp.img_size,
-            "mean": model.mean,
-            "std": model.std,
-        }
-    )
-    run_id = resume.get("wandb_run_id") or None
-    logger = WandbLogger(
-        project=PROJECT,
-        group=group,
-        name=name or run_name(settings),
-        save_dir=str(folder),
-        mode=mode,
-        config={**(config if config is not None else _flat(settings)), "key": key},
-        job_type="train",
-        **({"id": run_id, "resume": "allow"} if run_id else {}),
-    )
-    ckpt_dir = folder / "checkpoints" / key
-    ckpt = ModelCheckpoint(
-        dirpath=ckpt_dir, monitor=MONITOR, mode="max", save_top_k=1, save_last=True
-    )
-    on_sigterm = _SaveOnSigterm(ckpt_dir / "interrupted.ckpt")
-    trainer_kw = {
-        "max_epochs": 3,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-        **trainer_defaults(),
-        **settings.get("trainer", {}),
+def _base(r: dict, cfg: dict) -> dict:
+    return {
+        "key": r["key"],
+        "run": run_name(r["settings"]),
+        "ablation": cfg["name"],
+        **flat(r["settings"]),
+        "settings": json.dumps(r["settings"], sort_keys=True),
     }
-    trainer = L.Trainer(
-        logger=logger,
-        callbacks=[ckpt, on_sigterm, *(callbacks or [])],
-        default_root_dir=folder,
-        **trainer_kw,
-    )
-    start = resume.get("checkpoint") or None
-    t0 = time.perf_counter()
-    try:
-        base = _peak_memory_reset()
-        trainer.fit(model, data, ckpt_path=start)
-        train_s = time.perf_counter() - t0 + float(resume.get("train_s") or 0)
-        peak = _peak_memory() - base
-        best = ckpt.best_model_path or None
-        _check_stop()
-        row = dict(trainer.validate(model, data, ckpt_path=best, verbose=False)[0])
-        _check_stop()
-        if _test_is_labelled(data):
-            row.update(trainer.test(model, data, ckpt_path=best, verbose=False)[0])
-        _check_stop()
-        if cost is None:
-            cost = profile(ModelSpec.from_settings(dict(hp)), batch=1, warmup=2, runs=5)
-        row.update({k: v for k, v in cost.items() if k not in ("backbone", "head", "tasks")})
-        row.update(
-            train_s=round(train_s, 1),
-            train_peak_mem_mib=round(peak, 1),
-            checkpoint=best,
-            wandb_run_id=logger.experiment.id,
-            epochs=trainer.current_epoch,
-            steps=trainer.global_step,
-            resumed_from=start or "",
+
+
+def grid_rows(study: optuna.Study, cfg: dict) -> pd.DataFrame:
+    """The results store from the study: per combination (in the order they were first
+    started) its finished row, or its failure, or where it was interrupted. A combination
+    that is running, or whose worker died and whose retry waits, has no row yet."""
+    trials = study.get_trials(deepcopy=False)
+    not_retried = {t.number for t in failures(trials)}
+    rows: dict[str, dict] = {}
+    for t in trials:  # in trial order: a later trial of a key is its retry
+        u = t.user_attrs
+        key = u.get("key")
+        if key is None or rows.get(key, {}).get("status") == "done":
+            continue
+        try:
+            settings = json.loads(u["settings"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        base = _base({"key": key, "settings": settings}, cfg)
+        if t.state == TrialState.COMPLETE:
+            rows[key] = {**base, **u.get("row", {}), "status": "done", "error": ""}
+        elif u.get("interrupted") and t.state in (TrialState.WAITING, TrialState.FAIL):
+            rows[key] = {
+                **base,
+                "status": "interrupted",
+                "error": u.get("error") or "interrupted",
+                "checkpoint": u.get("checkpoint") or "",
+                "wandb_run_id": u.get("wandb_run_id") or "",
+                "train_s": u.get("train_s") or 0.0,
+            }
+        elif t.state == TrialState.FAIL and t.number in not_retried:
+            rows[key] = {
+                **base,
+                "status": "failed",
+                "error": (u.get("error") or "its worker stopped sending heartbeats")[:500],
+                "traceback": u.get("traceback") or "",
+            }
+    return pd.DataFrame(list(rows.values()), columns=None if rows else ["key", "status"])
+
+
+@dataclass
+class GridPlan(Plan):
+    """A grid's trials: one per combination of ``runs`` whose key is in ``todo`` (this
+    command's share: all that are not finished, or the first ``max_runs`` of them)."""
+
+    cfg: dict
+    runs: list[dict]
+    todo: list[str]
+    folder: Path
+    mode: str
+    raise_on: tuple[int, ...] = (signal.SIGINT,)  # SIGTERM: saved at the end of the batch
+
+    @property
+    def study_name(self) -> str:
+        return self.cfg["name"]
+
+    @property
+    def heartbeat(self) -> dict:
+        return self.cfg.get("heartbeat") or HEARTBEAT
+
+    @property
+    def gpus_per_run(self) -> int:
+        devices = [r["settings"].get("trainer", {}).get("devices", 1) for r in self.runs]
+        return max((d if isinstance(d, int) and d > 0 else 1) for d in devices)
+
+    def load(self, url: str, worker: int) -> optuna.Study:
+        with damage_is_an_error(url):
+            return optuna.load_study(
+                study_name=self.study_name,
+                storage=open_storage(url, self.heartbeat),
+                sampler=optuna.samplers.RandomSampler(),  # nothing is sampled
+            )
+
+    def next_trial(self, study: optuna.Study) -> optuna.Trial | None:
+        trials = study.get_trials(deepcopy=False)
+        todo = set(self.todo)
+        storage = study._storage
+        for t in trials:  # queued retries first: a killed worker's, an interrupted one
+            if (
+                t.state == TrialState.WAITING
+                and t.user_attrs.get("key") in todo
+                and storage.set_trial_state_values(t._trial_id, TrialState.RUNNING)
+            ):
+                return self._started(optuna.Trial(study, t._trial_id))
+        taken = {t.user_attrs.get("key") for t in trials}
+        for key in self.todo:
+            if key not in taken:
+                trial = optuna.Trial(study, storage.create_new_trial(study._study_id))
+                r = self.by_key[key]
+                trial.set_user_attr("key", key)
+                trial.set_user_attr("run", run_name(r["settings"]))
+                trial.set_user_attr("settings", json.dumps(r["settings"], sort_keys=True))
+                return self._started(trial)
+        return None
+
+    @property
+    def by_key(self) -> dict[str, dict]:
+        return {r["key"]: r for r in self.runs}
+
+    def _started(self, trial: optuna.Trial) -> optuna.Trial:
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        return trial
+
+    def name(self, trial: optuna.Trial) -> str:
+        return trial.user_attrs.get("run") or f"trial {trial.number}"
+
+    def attempt(self, study: optuna.Study, trial: optuna.Trial):
+        key, name = trial.user_attrs["key"], self.name(trial)
+        settings = json.loads(trial.user_attrs["settings"])
+        resume = {}
+        if trial.user_attrs.get("interrupted"):
+            path = resume_checkpoint(self.folder / "checkpoints" / key)
+            resume = {
+                "checkpoint": str(path) if path else None,
+                "wandb_run_id": trial.user_attrs.get("wandb_run_id") or None,
+                "train_s": float(trial.user_attrs.get("train_s") or 0) if path else 0.0,
+            }
+            print(f"{name}: resuming from {path}" if path else f"{name}: no checkpoint, restart")
+            trial.set_user_attr("interrupted", None)
+        clear_errors(trial)
+        settings.setdefault("trainer", {}).setdefault("devices", 1)  # never "auto": all GPUs
+        args = (settings, self.folder, self.cfg["name"], self.mode, key)
+        if spans_devices(settings):  # DDP: this combination, in a process of its own
+            row = train_and_score_apart(*args, resume=resume, cost=cost_row(settings))
+        else:
+            row = train_and_score(*args, resume=resume)
+        value = float(row.get(MONITOR, math.nan))
+        if not math.isfinite(value):
+            raise FloatingPointError(f"{MONITOR} is not finite: {value}")
+        trial.set_user_attr("row", row)
+        return TrialState.COMPLETE, [value]
+
+    def interrupted(self, trial: optuna.Trial, e: BaseException) -> None:
+        why = e.why if isinstance(e, Interrupted) else "interrupted by SIGINT"
+        trial.set_user_attr("interrupted", True)
+        trial.set_user_attr("error", why)
+        if isinstance(e, Interrupted):
+            trial.set_user_attr("checkpoint", e.checkpoint or "")
+            trial.set_user_attr("wandb_run_id", e.run_id or "")
+            trial.set_user_attr("train_s", e.train_s)
+
+    def report(self, trial, state, values, seconds) -> None:
+        what = f"{MONITOR} {values[0]:.4f}" if values else state.name.lower()
+        print(f"{self.name(trial)}: {what} ({seconds:.1f} s, pid {os.getpid()})", flush=True)
+
+    def after(self, study: optuna.Study) -> None:
+        ResultsStore(self.folder).write(grid_rows(study, self.cfg))
+
+
+def open_grid(cfg: dict, url: str, store: ResultsStore) -> optuna.Study:
+    """The grid's study, created or loaded (the same command again resumes it). A grid whose
+    results store predates its study (written by an older version) is taken in: its finished,
+    failed and interrupted combinations keep their state."""
+    storage = open_storage(url, cfg.get("heartbeat") or HEARTBEAT)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the grid's own lines say enough
+    with damage_is_an_error(url):
+        study = optuna.create_study(
+            storage=storage,
+            study_name=cfg["name"],
+            direction="maximize",
+            load_if_exists=True,
         )
-        logger.experiment.summary.update(
-            {k: v for k, v in row.items() if isinstance(v, int | float)}
+    kind = study.user_attrs.get("kind")
+    if kind not in (None, "grid"):
+        raise ConfigError(
+            f"{shown(url)} already holds a {kind} named {cfg['name']!r}: give the grid another "
+            "name, or another --storage"
         )
-        (ckpt_dir / "interrupted.ckpt").unlink(missing_ok=True)
-        return row
-    except (KeyboardInterrupt, SystemExit) as e:
-        # Lightning turns SIGTERM into SIGTERMException at the end of a batch, and Ctrl-C (or
-        # a sweep's Interrupted) into SystemExit(1) with it as the context; outside its loops
-        # run_grid's handler only flags SIGTERM (checked above)
-        train_s = time.perf_counter() - t0 + float(resume.get("train_s") or 0)
-        raise Interrupted(
-            _signal_of(e),
-            on_sigterm.saved or ckpt.last_model_path or start,
-            logger.experiment.id if mode != "disabled" else None,
-            round(train_s, 1),
-        ) from None
-    finally:
-        logger.experiment.finish()  # one run per combination, closed before the next
+    if kind is None:
+        study.set_user_attr("kind", "grid")
+        study.set_metric_names([MONITOR])
+        if not study.get_trials(deepcopy=False) and store.path.exists():
+            _take_in(study, store.read())
+    return study
 
 
-_stop_signal: int | None = None  # set by run_grid's SIGTERM handler
-
-
-def _check_stop() -> None:
-    """A SIGTERM that came between Lightning's loops stops the run here."""
-    if _stop_signal is not None:
-        raise KeyboardInterrupt
-
-
-def _signal_of(e: BaseException) -> int:
-    """The signal behind an interruption: a SIGTERMException or run_grid's flag say SIGTERM, an
-    Interrupted (itself, or what Lightning's SystemExit replaced) says its own; else SIGINT."""
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    if isinstance(e, SIGTERMException) or _stop_signal == signal.SIGTERM:
-        return signal.SIGTERM
-    for cause in (e, e.__context__):
-        if isinstance(cause, Interrupted):
-            return cause.signum
-    return signal.SIGINT
-
-
-def _test_is_labelled(data) -> bool:
-    try:
-        data.setup("test")
-    except (FileNotFoundError, ConfigError):  # no test list, or no labelled clip in it
-        return False
-    ds = data.datasets.get("test")
-    return bool(
-        ds is not None and any(ds.index.valid[t].any() for t in data.tasks if t in ds.index.valid)
-    )
+def _take_in(study: optuna.Study, df: pd.DataFrame) -> None:
+    base = {"key", "run", "ablation", "settings", "status", "error", "traceback"}
+    for _, r in df.iterrows():
+        if not isinstance(r.get("settings"), str):
+            continue
+        attrs = {"key": r["key"], "run": r.get("run"), "settings": r["settings"]}
+        if r["status"] == "done" and math.isfinite(float(r.get(MONITOR, math.nan))):
+            row = {
+                k: v
+                for k, v in r.items()
+                if k not in base and "." not in k and not (isinstance(v, float) and math.isnan(v))
+            }
+            state, value = TrialState.COMPLETE, float(r[MONITOR])
+            attrs["row"] = {k: v.item() if hasattr(v, "item") else v for k, v in row.items()}
+        elif r["status"] == "failed":
+            state, value = TrialState.FAIL, None
+            attrs["error"] = str(r.get("error") or "")
+        elif r["status"] == "interrupted":
+            state, value = TrialState.WAITING, None
+            attrs.update(interrupted=True, error=str(r.get("error") or "interrupted"))
+            for k in ("checkpoint", "wandb_run_id"):
+                attrs[k] = r[k] if isinstance(r.get(k), str) else ""
+            attrs["train_s"] = float(r.get("train_s") or 0)
+        else:
+            continue
+        study.add_trial(optuna.trial.create_trial(state=state, value=value, user_attrs=attrs))
 
 
 def check_runs(runs: list[dict]) -> None:
     """Check every combination before the first trains: the data root is there, and each
     distinct model and data setting builds (heads, backbones, T against the Mixer's tubelets,
     strides, ...). All problems are one ConfigError, so a grid never fails one run at a time."""
-    from datamodules.abaw import AbawDataModule
     from datamodules.index import find_annotations_dir
-    from lightning_modules.module import AffectModule
 
     problems: dict[str, dict[str, None]] = {}  # message -> run names
     checked: dict[str, str | None] = {}
@@ -355,6 +347,13 @@ def check_runs(runs: list[dict]) -> None:
         return checked[what]
 
     for r in runs:
+        if r["settings"].get("trainer", {}).get("num_nodes", 1) != 1:
+            problems.setdefault(
+                "trainer.num_nodes must be 1 in a grid (run the same command on each machine with "
+                "one --storage postgresql://... instead)",
+                {},
+            )[run_name(r["settings"])] = None
+            bad_keys.add(r["key"])
         model, data = r["settings"].get("model", {}), r["settings"].get("data", {})
         root = data.get("root", "data/synthetic")
         found = (
@@ -366,9 +365,7 @@ def check_runs(runs: list[dict]) -> None:
             ),
             check(
                 json.dumps([model, data], sort_keys=True, default=str),
-                lambda model=model, data=data: _check_model(
-                    AffectModule, AbawDataModule, model, data
-                ),
+                lambda model=model, data=data: build({"model": model, "data": data}),
             ),
         )
         for problem in filter(None, found):
@@ -386,12 +383,6 @@ def check_runs(runs: list[dict]) -> None:
         )
 
 
-def _check_model(module_cls, data_cls, model: dict, data: dict) -> None:
-    m = module_cls(**model)
-    hp = m.hparams
-    data_cls(**{**data, "tasks": hp.tasks, "seq_len": hp.seq_len, "img_size": hp.img_size})
-
-
 def run_grid(
     cfg: dict,
     results_root: str | Path = RESULTS,
@@ -399,84 +390,44 @@ def run_grid(
     dry_run: bool = False,
     max_runs: int | None = None,
     retry_failed: bool = False,
+    workers: int = 1,
+    storage: str | None = None,
 ) -> pd.DataFrame:
-    """Run every combination not yet in the store (and the failed ones with ``retry_failed``);
-    returns the store. ``max_runs`` stops after that many combinations (the rest run on the
-    next call). Every combination is checked first (:func:`check_runs`). Combinations that
-    another process holds are left to it. SIGTERM or Ctrl-C stop the grid after recording the
-    running combination as ``interrupted`` (it resumes from its checkpoint next time) and raise
-    :class:`Interrupted`."""
+    """Run every combination not yet finished (and the failed ones with ``retry_failed``) with
+    ``workers`` workers on the grid's study (``storage``, default SQLite beside the results);
+    returns the results store. ``max_runs`` starts that many combinations at most (the rest run
+    on the next call). Every combination is checked first (:func:`check_runs`). Combinations
+    that another process runs are left to it. SIGTERM or Ctrl-C stop the grid after recording
+    the running combinations as ``interrupted`` (they resume from their checkpoint next time)
+    and raise :class:`Interrupted`."""
     runs = expand(cfg)
     folder = Path(results_root) / cfg["name"]
     store = ResultsStore(folder)
     if dry_run:
-        rows = []
-        for r in runs:
-            spec = ModelSpec.from_settings(r["settings"].get("model", {}))
-            try:
-                cost = profile(spec, timing=False)
-            except (ConfigError, ValueError, TypeError) as e:
-                raise ConfigError(f"{run_name(r['settings'])}: {e}") from None
-            rows.append(
-                {
-                    "key": r["key"],
-                    "run": run_name(r["settings"]),
-                    "status": store.status().get(r["key"], "todo"),
-                    PARAMS_M: cost[PARAMS_M],
-                    GMACS_PER_FRAME: cost[GMACS_PER_FRAME],
-                }
-            )
-        return pd.DataFrame(rows)
-    status = store.status()
+        return _dry_run(runs, store)
     skip = ("done",) if retry_failed else ("done", "failed")
+    known = store.status()  # this folder's last view of the grid: check before any file is made
+    check_runs([r for r in runs if known.get(r["key"]) not in skip])
+    url = storage or default_storage(folder)
+    study = open_grid(cfg, url, store)
+    if retry_failed and (failed := queue_retries(study, url)):
+        names = ", ".join(t.user_attrs.get("run") or f"trial {t.number}" for t in failed)
+        print(f"retrying failed combination(s): {names}")
+    status = ResultsStore.status_of(grid_rows(study, cfg))
     todo = [r for r in runs if status.get(r["key"]) not in skip]
-    check_runs(todo)
+    check_runs([r for r in todo if known.get(r["key"]) in skip])  # done elsewhere, not here
+    keys = [r["key"] for r in todo][: max_runs if max_runs is not None else None]
     mode = wandb_mode(wandb_disabled)
-    os.environ.setdefault("WANDB_SILENT", "true")  # the grid's own bar and summary say enough
-    done = sum(status.get(r["key"]) == "done" for r in runs)
-    failed = sum(status.get(r["key"]) == "failed" for r in runs) if not retry_failed else 0
-    bar = tqdm(
-        total=len(runs),
-        initial=len(runs) - len(todo),
-        desc=cfg["name"],
-        unit="run",
-        dynamic_ncols=True,
-    )
-    global _stop_signal
-    _stop_signal = None
-
-    def on_sigterm(signum, frame):  # Lightning's own handler joins this one during its loops
-        global _stop_signal
-        _stop_signal = signum
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    started, interrupted = 0, None
+    os.environ.setdefault("WANDB_SILENT", "true")  # the grid's own lines and summary say enough
+    plan = GridPlan(cfg, runs, keys, folder, mode)
+    interrupted = None
     try:
-        for r in todo:
-            if max_runs is not None and started >= max_runs:
-                break
-            claim = store.claim(r["key"])
-            if claim is None:  # another process runs it
-                continue
-            try:
-                prior = store.read().set_index("key")
-                if r["key"] in prior.index and prior.at[r["key"], "status"] in skip:
-                    continue  # finished by another process meanwhile
-                prev = prior.loc[r["key"]].to_dict() if r["key"] in prior.index else {}
-                started += 1
-                done, failed, interrupted = _run_one(
-                    r, cfg, folder, store, mode, prev, bar, done, failed
-                )
-            finally:
-                claim.close()
-            bar.update(1)
-            if interrupted is not None:
-                break
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        bar.close()
-    df = store.read()
-    finished = df[df["status"] == "done"]
+        run_workers(plan, url, workers)
+    except Interrupted as e:
+        interrupted = e
+    df = grid_rows(study, cfg)
+    store.write(df)
+    finished = df[df["status"] == "done"] if len(df) else df
     if len(finished):
         with store.locked():
             write_reports(finished, folder, cfg, mode)
@@ -485,61 +436,27 @@ def run_grid(
     return df
 
 
-def _run_one(r, cfg, folder, store, mode, prev, bar, done, failed):
-    """Train one claimed combination and record it; returns the counts and the interruption."""
-    name = run_name(r["settings"])
-    bar.set_postfix_str(f"running {name} | done {done} failed {failed}")
-    base = {
-        "key": r["key"],
-        "run": name,
-        "ablation": cfg["name"],
-        **_flat(r["settings"]),
-        "settings": json.dumps(r["settings"], sort_keys=True),
-    }
-    resume = {}
-    if prev.get("status") == "interrupted":
-        path = resume_checkpoint(folder / "checkpoints" / r["key"])
-        resume = {
-            "checkpoint": str(path) if path else None,
-            "wandb_run_id": _text(prev.get("wandb_run_id")),
-            "train_s": float(prev.get("train_s") or 0) if path else 0.0,
-        }
-        bar.write(f"{name}: resuming from {path}" if path else f"{name}: no checkpoint, restart")
-    interrupted = None
-    try:
-        row = {
-            **base,
-            **train_and_score(r["settings"], folder, cfg["name"], mode, r["key"], resume=resume),
-            "status": "done",
-            "error": "",
-        }
-        done += 1
-    except Interrupted as e:
-        row = {
-            **base,
-            "status": "interrupted",
-            "error": e.why,
-            "checkpoint": e.checkpoint or "",
-            "wandb_run_id": e.run_id or "",
-            "train_s": e.train_s,
-        }
-        interrupted = e
-    except Exception as e:  # NaN loss, out of memory, bad settings: recorded, the grid goes on
-        log.error("%s failed: %s", name, e)
-        row = {
-            **base,
-            "status": "failed",
-            "error": f"{type(e).__name__}: {e}".replace("\n", " ")[:500],
-            "traceback": traceback.format_exc()[-2000:],
-        }
-        failed += 1
-    store.put(row)
-    return done, failed, interrupted
+def _dry_run(runs: list[dict], store: ResultsStore) -> pd.DataFrame:
+    from lightning_modules.efficiency import ModelSpec, profile
 
-
-def _text(value) -> str | None:
-    """A string cell of the store (pandas reads an empty one as NaN)."""
-    return value if isinstance(value, str) and value else None
+    rows = []
+    status = store.status()
+    for r in runs:
+        spec = ModelSpec.from_settings(r["settings"].get("model", {}))
+        try:
+            cost = profile(spec, timing=False)
+        except (ConfigError, ValueError, TypeError) as e:
+            raise ConfigError(f"{run_name(r['settings'])}: {e}") from None
+        rows.append(
+            {
+                "key": r["key"],
+                "run": run_name(r["settings"]),
+                "status": status.get(r["key"], "todo"),
+                PARAMS_M: cost[PARAMS_M],
+                GMACS_PER_FRAME: cost[GMACS_PER_FRAME],
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def write_reports(df: pd.DataFrame, folder: Path, cfg: dict, mode: str) -> dict[str, Path]:
@@ -565,28 +482,16 @@ def write_reports(df: pd.DataFrame, folder: Path, cfg: dict, mode: str) -> dict[
     frontier_plot(
         points, metric, paths["plot"], title=f"{cfg['name']}: {metric} against GMACs per frame"
     )
-    if mode != "disabled":
-        import wandb
-
-        run = wandb.init(
-            project=PROJECT,
-            group=cfg["name"],
-            name=f"{cfg['name']}-summary",
-            job_type="summary",
-            dir=str(folder),
-            mode=mode,
-        )
-        table = wandb.Table(dataframe=df.select_dtypes(exclude="object").join(df[["run"]]))
-        run.log(
-            {
-                "results": table,
-                "frontier": wandb.plot.scatter(
-                    table, GMACS_PER_FRAME, metric, title=f"{cfg['name']} frontier"
-                ),
-            }
-        )
-        run.summary["best_" + metric] = float(df[metric].max())
-        run.finish()
+    summary_run(
+        df.select_dtypes(include="number").join(df[["run"]]),
+        group=cfg["name"],
+        name=f"{cfg['name']}-summary",
+        job_type="summary",
+        folder=folder,
+        mode=mode,
+        metric=metric,
+        summary={"best_" + metric: float(df[metric].max())},
+    )
     return paths
 
 

@@ -158,8 +158,8 @@ def _base_settings(cfg: dict, args: argparse.Namespace, synth: bool = True) -> N
 
 def _ablate(args: argparse.Namespace) -> None:
     from ablations.grid import expand, load_grid
-    from ablations.runner import run_grid, wandb_mode
-    from lightning_modules.experiment import Interrupted
+    from ablations.runner import run_grid
+    from lightning_modules.experiment import Interrupted, wandb_mode
 
     cfg = load_grid(args.config)
     _base_settings(cfg, args, synth=not args.dry_run)
@@ -174,11 +174,14 @@ def _ablate(args: argparse.Namespace) -> None:
             wandb_disabled=args.no_wandb,
             max_runs=args.max_runs,
             retry_failed=args.retry_failed,
+            workers=args.workers,
+            storage=args.storage,
         )
     except Interrupted as e:
         print(
             f"\n{cfg['name']}: {e.why}; the running combination is recorded as interrupted and "
-            f"resumes from {e.checkpoint or 'the start'} when the same command runs again",
+            + (f"resumes from {e.checkpoint}" if e.checkpoint else "resumes from its checkpoint")
+            + " when the same command runs again",
             file=sys.stderr,
         )
         raise SystemExit(128 + e.signum) from None
@@ -216,8 +219,7 @@ def _ablate(args: argparse.Namespace) -> None:
 def _sweep(args: argparse.Namespace) -> None:
     import signal
 
-    from ablations.runner import wandb_mode
-    from lightning_modules.experiment import Interrupted
+    from lightning_modules.experiment import Interrupted, wandb_mode
     from sweeps.frontier import frontier_table, write_frontier
     from sweeps.runner import budget, failures, run_sweep
     from sweeps.space import check_runnable, load_sweep
@@ -277,7 +279,7 @@ def _sweep(args: argparse.Namespace) -> None:
 def _frontier(args: argparse.Namespace) -> None:
     import optuna
 
-    from ablations.runner import wandb_mode
+    from lightning_modules.experiment import wandb_mode
     from sweeps.frontier import frontier_table, write_frontier
     from sweeps.storage import damage_is_an_error, open_storage, shown
 
@@ -413,6 +415,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-wandb", action="store_true", help="no W&B runs at all")
     p.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs")
     p.add_argument("--retry-failed", action="store_true", help="run failed combinations again")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes (GPU i mod n)")
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="the grid's study: sqlite:///F (default <results>/<name>/grid.db), "
+        "postgresql://... (several machines), journal:///F",
+    )
     p.add_argument(
         "--synth-if-missing", action="store_true", help="write the synthetic data if absent"
     )

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from core.host import cpu_name
+from core.host import device_name
 from core.paths import cache_root
 from lightning_modules.experiment import GMACS_PER_FRAME, LATENCY_MS, PARAMS_M
 
@@ -173,11 +173,17 @@ def cached_row(path: Path, key: str, compute: Callable[[], dict]) -> dict:
     return row
 
 
+def cost_key(spec: ModelSpec, **conditions) -> str:
+    """The cost cache's one key scheme: the architecture and what the row was measured under
+    (nothing for parameters and MACs; device, threads, batch, precision, runs for timings)."""
+    what = {"arch": json.loads(spec.key()), **conditions}
+    return hashlib.sha1(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
 def static_costs(spec: ModelSpec, model: nn.Module | None = None) -> dict:
-    """Parameters and MACs of an architecture, cached on disk per architecture key (a sweep
-    counts each architecture once, whatever its learning rate)."""
-    key = hashlib.sha1(spec.key().encode()).hexdigest()
-    return cached_row(cache_path(), key, lambda: _count(spec, model or spec.build()))
+    """Parameters and MACs of an architecture, cached on disk per architecture (a sweep counts
+    each architecture once, whatever its learning rate)."""
+    return cached_row(cache_path(), cost_key(spec), lambda: _count(spec, model or spec.build()))
 
 
 def _count(spec: ModelSpec, model: nn.Module) -> dict:
@@ -273,13 +279,31 @@ def profile(
     warmup: int = 3,
     runs: int = 10,
     timing: bool = True,
+    cached: bool = False,
 ) -> dict:
     """One flat row: the architecture's static costs and, with ``timing``, its latency per clip
     (batch 1: median and p90), frames/s at ``batch``, streaming cost per new frame side by side
-    with recomputing the clip, and peak memory, plus the conditions they were measured under."""
+    with recomputing the clip, and peak memory, plus the conditions they were measured under.
+    ``cached``: the row from the cost cache when this architecture was measured under these
+    conditions (device, threads, batch, precision, runs) before."""
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device)
+    if cached:
+        conditions = dict(
+            device=device_name(device),
+            threads=torch.get_num_threads(),
+            batch=batch,
+            precision=precision,
+            warmup=warmup,
+            runs=runs,
+            timing=timing,
+        )
+        return cached_row(
+            cache_path(),
+            cost_key(spec, **conditions),
+            lambda: profile(spec, device, batch, precision, None, warmup, runs, timing),
+        )
     model = spec.build()
     row = {
         "backbone": spec.backbone,
@@ -325,7 +349,7 @@ def profile(
                     recompute_ms_per_new_frame=row[LATENCY_MS],
                 )
     row.update(
-        device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
+        device=device_name(device),
         torch=torch.__version__,
         threads=torch.get_num_threads(),
         batch=batch,

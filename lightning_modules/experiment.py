@@ -1,20 +1,48 @@
-"""What names an experiment: the run name that the W&B runs, the checkpoint folders, the
-results store and the tables share (STYLE: metric keys and run names are defined once)."""
+"""One experiment, from settings to a scored, logged and costed results row.
+
+Ablation grids, sweeps, ``bench-learning`` and the CLI all go through here: the settings ->
+(model, data, trainer) step with the links the CLI makes (:func:`build`, :func:`trainer_kwargs`),
+:func:`train_and_score`, the run name, the W&B runs (one per experiment, and the summary run of
+a grid or a study), the cost row with its one cache (:func:`cost_row`), and the names of the
+results columns (STYLE: metric keys and run names are defined once).
+
+Settings are the nested dict of a grid's combination or a sweep's trial::
+
+    {"model": {AffectModule args}, "data": {AbawDataModule args}, "trainer": {Trainer args},
+     "seed": 0}
+"""
 
 from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import netrc
+import os
+import signal
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from core.errors import ConfigError
+
+log = logging.getLogger(__name__)
+PROJECT = "affbench"  # the W&B project of every run
 
 # The cost columns of a results row that tables, plots, sweeps and W&B read: spelled here, once.
 PARAMS_M = "params_total_m"
 GMACS_PER_FRAME = "gmacs_per_frame"
 LATENCY_MS = "latency_ms_median"
+# what identifies the architecture in a cost row; a results row has them as settings already
+ARCH_COLUMNS = ("backbone", "head", "tasks")
 
 
 def trainer_defaults() -> dict:
     """What every training of the suite uses unless told otherwise (the CLI, ablation grids,
     sweeps and the learning benchmark): gradients clipped at 1.0; bf16 mixed precision on a
     GPU, fp32 on the CPU."""
-    import torch
-
     return {
         "gradient_clip_val": 1.0,
         "precision": "bf16-mixed" if torch.cuda.is_available() else "32-true",
@@ -44,9 +72,396 @@ class Interrupted(KeyboardInterrupt):
         run_id: str | None = None,
         train_s: float = 0.0,
     ):
-        import signal
-
         self.signum = int(signum)
         self.why = f"interrupted by {signal.Signals(self.signum).name}"
         super().__init__(self.why)
         self.checkpoint, self.run_id, self.train_s = checkpoint, run_id, train_s
+
+
+# The signal that stops this process's work (set by the grid and sweep workers' handlers); a
+# SIGTERM that came between Lightning's loops stops train_and_score at its next step.
+STOP: dict = {"signal": None}
+
+
+def check_stop() -> None:
+    if STOP["signal"] is not None:
+        raise KeyboardInterrupt
+
+
+def signal_of(e: BaseException) -> int:
+    """The signal behind an interruption: a SIGTERMException or the flag say SIGTERM, an
+    Interrupted (itself, or what Lightning's SystemExit replaced) says its own; else SIGINT."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    if isinstance(e, SIGTERMException) or STOP["signal"] == signal.SIGTERM:
+        return signal.SIGTERM
+    for cause in (e, e.__context__):
+        if isinstance(cause, Interrupted):
+            return cause.signum
+    return signal.SIGINT
+
+
+def wandb_mode(disabled: bool = False) -> str:
+    """disabled, the user's WANDB_MODE, online when logged in, else offline (real run files)."""
+    if disabled:
+        return "disabled"
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    logged_in = bool(os.environ.get("WANDB_API_KEY"))
+    with contextlib.suppress(OSError, netrc.NetrcParseError):
+        logged_in = logged_in or netrc.netrc().authenticators("api.wandb.ai") is not None
+    return "online" if logged_in else "offline"
+
+
+def flat(settings: dict, prefix: str = "") -> dict:
+    """``{"model.head": "gru", ...}``: the settings as W&B config and results columns."""
+    out = {}
+    for k, v in settings.items():
+        if isinstance(v, dict) and k != "head_kwargs":
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, dict | list) else v
+    return out
+
+
+def build(settings: dict) -> tuple[L.LightningModule, L.LightningDataModule]:
+    """The model and its data: the data takes the model's tasks, clip length, frame size and
+    its backbone's normalisation (the links ``affbench fit`` makes)."""
+    from datamodules.abaw import AbawDataModule
+    from lightning_modules.module import AffectModule
+
+    model = AffectModule(**settings.get("model", {}))
+    hp = model.hparams
+    data = AbawDataModule(
+        **{
+            **settings.get("data", {}),
+            "tasks": hp.tasks,
+            "seq_len": hp.seq_len,
+            "img_size": hp.img_size,
+            "mean": model.mean,
+            "std": model.std,
+        }
+    )
+    return model, data
+
+
+def trainer_kwargs(settings: dict, **overrides) -> dict:
+    """Trainer arguments: the suite's defaults, then ``overrides``, then the settings' own."""
+    return {
+        "max_epochs": 3,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        **trainer_defaults(),
+        **overrides,
+        **settings.get("trainer", {}),
+    }
+
+
+def cost_row(settings: dict) -> dict:
+    """What the settings' architecture costs (``efficiency.profile`` at batch 1, 2 warm-up and 5
+    timed runs, on this process's device and threads), from the one cost cache when this
+    architecture was measured here before: seeds and learning rates never re-measure."""
+    from lightning_modules.efficiency import ModelSpec, profile
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    row = profile(
+        ModelSpec.from_settings(settings.get("model", {})),
+        device=device,
+        batch=1,
+        warmup=2,
+        runs=5,
+        cached=True,
+    )
+    return {k: v for k, v in row.items() if k not in ARCH_COLUMNS}
+
+
+class _SaveOnSigterm(L.Callback):
+    """On SIGTERM Lightning stops at the end of a batch (SIGTERMException): save the state there,
+    atomically, so the run resumes from it."""
+
+    def __init__(self, path: Path):
+        self.path, self.saved = Path(path), None
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            trainer.save_checkpoint(tmp)  # every rank calls it; rank 0 writes the file
+            if trainer.is_global_zero:
+                os.replace(tmp, self.path)
+            self.saved = str(self.path)
+
+
+def _loadable(path: Path) -> bool:
+    """A checkpoint that a kill or a full disk did not truncate."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        return True
+    except Exception:  # truncated zip, empty file, anything torch cannot read
+        return False
+
+
+def resume_checkpoint(folder: Path) -> Path | None:
+    """The newest readable checkpoint of an interrupted run (truncated files are ignored and
+    reported)."""
+    found = sorted(Path(folder).glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in found:
+        if _loadable(path):
+            return path
+        log.warning("ignoring %s: the file is damaged or truncated", path)
+    return None
+
+
+def _peak_memory_reset() -> float:
+    from lightning_modules.efficiency import peak_rss_reset
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated() / 2**20
+    return peak_rss_reset()
+
+
+def _peak_memory() -> float:
+    from lightning_modules.efficiency import proc_status
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return proc_status("VmHWM")
+
+
+def _test_is_labelled(data) -> bool:
+    try:
+        data.setup("test")
+    except (FileNotFoundError, ConfigError):  # no test list, or no labelled clip in it
+        return False
+    ds = data.datasets.get("test")
+    return bool(
+        ds is not None and any(ds.index.valid[t].any() for t in data.tasks if t in ds.index.valid)
+    )
+
+
+def train_and_score(
+    settings: dict,
+    folder: Path,
+    group: str,
+    mode: str,
+    key: str,
+    *,
+    name: str | None = None,
+    config: dict | None = None,
+    callbacks: list | None = None,
+    cost: dict | None = None,
+    resume: dict | None = None,
+) -> dict:
+    """One experiment (a grid's combination, a sweep's trial): fit, score the best checkpoint on
+    val (and test when labelled), add its cost; returns the results row. Runs one W&B run,
+    named ``name`` (default :func:`run_name`) with ``config`` (default: the flattened
+    settings), finished before returning. ``callbacks`` join the checkpoint callback (a sweep's
+    pruner); ``cost`` (a :func:`cost_row`) saves the cache lookup. ``resume`` (the record of
+    an interrupted run: ``checkpoint``, ``wandb_run_id``, ``train_s``) continues that run from
+    its checkpoint, in the same W&B run. SIGTERM or Ctrl-C raise :class:`Interrupted`, the
+    state saved first when it came during training."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import WandbLogger
+
+    from lightning_modules.scoring import MONITOR
+
+    resume = resume or {}
+    L.seed_everything(settings.get("seed", 0), workers=True)
+    model, data = build(settings)
+    run_id = resume.get("wandb_run_id") or None
+    logger = WandbLogger(
+        project=PROJECT,
+        group=group,
+        name=name or run_name(settings),
+        save_dir=str(folder),
+        mode=mode,
+        config={**(config if config is not None else flat(settings)), "key": key},
+        job_type="train",
+        **({"id": run_id, "resume": "allow"} if run_id else {}),
+    )
+    ckpt_dir = Path(folder) / "checkpoints" / key
+    ckpt = ModelCheckpoint(
+        dirpath=ckpt_dir, monitor=MONITOR, mode="max", save_top_k=1, save_last=True
+    )
+    on_sigterm = _SaveOnSigterm(ckpt_dir / "interrupted.ckpt")
+    trainer = L.Trainer(
+        logger=logger,
+        callbacks=[ckpt, on_sigterm, *(callbacks or [])],
+        default_root_dir=folder,
+        **trainer_kwargs(settings),
+    )
+    start = resume.get("checkpoint") or None
+    t0 = time.perf_counter()
+    try:
+        check_stop()  # a SIGTERM while the model was built: Lightning would not see it
+        base = _peak_memory_reset()
+        trainer.fit(model, data, ckpt_path=start)
+        train_s = time.perf_counter() - t0 + float(resume.get("train_s") or 0)
+        peak = _peak_memory() - base
+        best = ckpt.best_model_path or None
+        check_stop()
+        row = dict(trainer.validate(model, data, ckpt_path=best, verbose=False)[0])
+        check_stop()
+        if _test_is_labelled(data):
+            row.update(trainer.test(model, data, ckpt_path=best, verbose=False)[0])
+        check_stop()
+        row.update(cost if cost is not None else cost_row(settings))
+        row.update(
+            train_s=round(train_s, 1),
+            train_peak_mem_mib=round(peak, 1),
+            checkpoint=best,
+            wandb_run_id=logger.experiment.id if trainer.is_global_zero else None,
+            epochs=trainer.current_epoch,
+            world_size=trainer.world_size,
+            steps=trainer.global_step,
+            resumed_from=start or "",
+        )
+        if trainer.is_global_zero:  # other ranks have no W&B run
+            logger.experiment.summary.update(
+                {k: v for k, v in row.items() if isinstance(v, int | float)}
+            )
+        (ckpt_dir / "interrupted.ckpt").unlink(missing_ok=True)
+        return row
+    except (KeyboardInterrupt, SystemExit) as e:
+        # Lightning turns SIGTERM into SIGTERMException at the end of a batch, and Ctrl-C (or
+        # a sweep's Interrupted) into SystemExit(1) with it as the context; outside its loops
+        # a worker's handler only flags SIGTERM (checked above)
+        train_s = time.perf_counter() - t0 + float(resume.get("train_s") or 0)
+        raise Interrupted(
+            signal_of(e),
+            on_sigterm.saved or ckpt.last_model_path or start,
+            logger.experiment.id if mode != "disabled" and trainer.is_global_zero else None,
+            round(train_s, 1),
+        ) from None
+    finally:
+        logger.experiment.finish()  # one run per experiment, closed before the next
+
+
+def summary_run(
+    df,
+    *,
+    group: str,
+    name: str,
+    job_type: str,
+    folder: Path,
+    mode: str,
+    metric: str,
+    summary: dict,
+) -> None:
+    """The W&B run of a grid's or a study's results (unless ``mode`` is disabled): the
+    results as a Table, the measure against GMACs per frame as a scatter, and ``summary``."""
+    if mode == "disabled":
+        return
+    import wandb
+
+    run = wandb.init(
+        project=PROJECT, group=group, name=name, job_type=job_type, dir=str(folder), mode=mode
+    )
+    try:
+        table = wandb.Table(dataframe=df)
+        run.log(
+            {
+                "results": table,
+                "frontier": wandb.plot.scatter(
+                    table, GMACS_PER_FRAME, metric, title=f"{group} frontier"
+                ),
+            }
+        )
+        run.summary.update(summary)
+    finally:
+        run.finish()
+
+
+def spans_devices(settings: dict) -> bool:
+    """Whether the settings train on more than one device (DDP): ``trainer.devices`` above 1,
+    a list of several, -1 or "auto"."""
+    devices = settings.get("trainer", {}).get("devices", 1)
+    if isinstance(devices, list | tuple):
+        return len(devices) > 1
+    if isinstance(devices, str) and "," in devices:
+        return len([d for d in devices.split(",") if d.strip()]) > 1
+    return str(devices) not in ("1", "0")
+
+
+def train_and_score_apart(settings: dict, folder: Path, group: str, mode: str, key: str, **kw):
+    """:func:`train_and_score` in a process of its own: ``python -m lightning_modules.experiment``,
+    which Lightning's DDP launcher re-runs once per rank, so DDP runs this experiment and only
+    this one (never the command that called it). Its row, interruption or error comes back
+    through a JSON file that rank 0 writes. A signal here is passed on to it, and waited for."""
+    import subprocess
+    import sys
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    spec, out = folder / f".{key}.spec.json", folder / f".{key}.result.json"
+    out.unlink(missing_ok=True)
+    spec.write_text(
+        json.dumps(
+            {
+                "settings": settings,
+                "folder": str(folder),
+                "group": group,
+                "mode": mode,
+                "key": key,
+                "kw": kw,
+            }
+        )  # fmt: skip
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lightning_modules.experiment", str(spec), str(out)]
+    )
+    passed = None
+    while proc.returncode is None:
+        try:
+            proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            pass
+        except KeyboardInterrupt:  # our handler raised: the run must stop (and save) first
+            pass
+        if STOP["signal"] is not None and passed is None and proc.returncode is None:
+            passed = STOP["signal"]
+            proc.send_signal(passed)
+    result = json.loads(out.read_text()) if out.exists() else {}
+    spec.unlink(missing_ok=True)
+    out.unlink(missing_ok=True)
+    if "row" in result:
+        return result["row"]
+    if "interrupted" in result:
+        raise Interrupted(**result["interrupted"])
+    if passed is not None:
+        raise Interrupted(passed)
+    if "error" in result:
+        raise RuntimeError(result["error"])
+    raise RuntimeError(f"{key}: the training process ended with exit code {proc.returncode}")
+
+
+def _main(spec_path: str, out_path: str) -> None:
+    """One experiment from a JSON spec (``train_and_score_apart``), on every rank."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    spec = json.loads(Path(spec_path).read_text())
+    # SIGTERM: flagged; Lightning's own handler (during its loops) stops at the end of the batch
+    # and train_and_score saves the state there, as in a grid's own process
+    signal.signal(signal.SIGTERM, lambda signum, frame: STOP.update(signal=signum))
+    try:
+        args = (spec["settings"], Path(spec["folder"]), spec["group"], spec["mode"], spec["key"])
+        result = {"row": train_and_score(*args, **spec["kw"])}
+    except Interrupted as e:
+        result = {"interrupted": {"signum": e.signum, "checkpoint": e.checkpoint,
+                                  "run_id": e.run_id, "train_s": e.train_s}}  # fmt: skip
+    except Exception as e:
+        result = {"error": f"{type(e).__name__}: {e}"}
+    if rank_zero_only.rank == 0:
+        out = Path(out_path)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(result, default=str))
+        os.replace(tmp, out)
+
+
+if __name__ == "__main__":
+    import sys
+
+    _main(sys.argv[1], sys.argv[2])

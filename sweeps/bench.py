@@ -3,8 +3,8 @@
 * Trials per hour with 1 and 2 workers: the same N trials (parameters drawn once from the sweep
   file's space with a seeded random sampler and queued in each study) run on a fresh SQLite
   study and a fresh cost cache, so both runs do the same work, latency measurements included.
-* The sweep machinery's overhead per trial: one architecture trained R times by the ablation
-  runner's ``train_and_score`` alone (cost already cached, W&B offline), against R identical
+* The sweep machinery's overhead per trial: one architecture trained R times by the experiment
+  layer's ``train_and_score`` alone (cost already cached, W&B offline), against R identical
   queued trials through ``run_sweep`` (study, lock, stale-trial check, ask, suggest, heartbeat
   thread, user attributes, tell), alternated over rounds; wall clock per trial. And, measured
   inside the same swept runs, the seconds each trial spends outside ``train_and_score``.
@@ -72,8 +72,7 @@ def bench_sweep(
     rounds: int = 3,
     root: str | Path = "bench/sweep",
 ) -> list[dict]:
-    from ablations.runner import train_and_score
-    from sweeps.cost import trial_cost
+    from lightning_modules.experiment import cost_row, train_and_score
 
     root = Path(root)
     cfg = load_sweep(config)
@@ -101,7 +100,7 @@ def bench_sweep(
         fixed = params[0]
         torch.set_num_threads(cpu)
         settings = suggest(optuna.trial.FixedTrial(fixed), cfg)
-        cost = trial_cost(settings)
+        cost = cost_row(settings)
         alone, swept, inside = [], [], []
         for r in range(rounds):
             folder = _fresh(root, f"alone-{r}")

@@ -16,7 +16,7 @@ import pandas as pd
 
 from ablations.frontier import frontier_plot, pareto_mask
 from ablations.tables import latex_escaped
-from lightning_modules.experiment import PARAMS_M
+from lightning_modules.experiment import PARAMS_M, summary_run
 from sweeps.space import COST, LATENCY
 
 COLUMNS = {COST: "GMACs / frame", PARAMS_M: "Params (M)", LATENCY: "Latency (ms)"}
@@ -104,32 +104,18 @@ def write_frontier(
         front="front",
         label_front_only=True,
     )
-    if wandb_mode != "disabled":
-        import wandb
-
-        from ablations.runner import PROJECT
-
-        run = wandb.init(
-            project=PROJECT,
-            group=study.study_name,
-            name=f"{study.study_name}-frontier",
-            job_type="frontier",
-            dir=str(wandb_dir or Path(out).parent),
-            mode=wandb_mode,
-        )
-        table = wandb.Table(dataframe=done.drop(columns=["label"]).astype({"front": int}))
-        run.log(
-            {
-                "trials": table,
-                "frontier": wandb.plot.scatter(table, COST, metric, title="frontier"),
-            }
-        )
-        run.summary.update(
-            {
-                "front_size": int(done["front"].sum()),
-                "finished_trials": len(done),
-                f"best_{metric}": float(done[metric].max()),
-            }
-        )
-        run.finish()
+    summary_run(
+        done.drop(columns=["label"]).astype({"front": int}),
+        group=study.study_name,
+        name=f"{study.study_name}-frontier",
+        job_type="frontier",
+        folder=wandb_dir or Path(out).parent,
+        mode=wandb_mode,
+        metric=metric,
+        summary={
+            "front_size": int(done["front"].sum()),
+            "finished_trials": len(done),
+            f"best_{metric}": float(done[metric].max()),
+        },
+    )
     return Path(out)

@@ -45,6 +45,7 @@ from lightning_modules.scoring import (
     VALENCE,
     metric_key,
 )
+from sweeps.storage import HEARTBEAT
 
 KEYS = {
     "name",
@@ -112,7 +113,7 @@ def load_sweep(path: str | Path) -> dict:
     cfg.setdefault("pruner", None)
     cfg.setdefault("sampler", "tpe")
     cfg.setdefault("n_trials", 20)
-    cfg["heartbeat"] = {"interval": 10, "grace": 60, **(cfg.get("heartbeat") or {})}
+    cfg["heartbeat"] = {**HEARTBEAT, **(cfg.get("heartbeat") or {})}
     if cfg["mode"] not in ("multi", "single"):
         fail(("mode",), f"mode must be multi or single, got {cfg['mode']!r}")
     measures = [

@@ -27,6 +27,9 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from core.errors import ConfigError
 from core.paths import STUDIES
 
+# a running trial beats every ``interval`` s; one silent for ``grace`` s is failed and retried
+HEARTBEAT = {"interval": 10, "grace": 60}
+
 
 def default_storage(study: str, studies: str | Path = STUDIES) -> str:
     path = Path(studies).resolve() / f"{study}.db"
@@ -71,8 +74,8 @@ def open_storage(url: str, heartbeat: dict | None = None) -> optuna.storages.Bas
         return RDBStorage(
             driver_url(url),
             engine_kwargs=kw,
-            heartbeat_interval=int(hb.get("interval", 10)),
-            grace_period=int(hb.get("grace", 60)),
+            heartbeat_interval=int(hb.get("interval", HEARTBEAT["interval"])),
+            grace_period=int(hb.get("grace", HEARTBEAT["grace"])),
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
         )
     except Exception as e:  # an unreachable server, a wrong password, a missing driver

@@ -1,4 +1,4 @@
-import multiprocessing as mp
+import json
 import os
 import re
 import subprocess
@@ -14,9 +14,10 @@ from wandb_files import read_offline_run
 
 from ablations.frontier import frontier_plot, pareto_mask
 from ablations.grid import expand, load_grid
-from ablations.runner import ResultsStore, check_runs, resume_checkpoint, run_grid, run_name
+from ablations.runner import ResultsStore, check_runs, grid_rows, open_grid, run_grid
 from ablations.tables import render, summarise
 from core.errors import ConfigError
+from lightning_modules.experiment import flat, resume_checkpoint, run_name
 
 
 def _cfg(root, heads, seeds=(0,), **model):
@@ -166,13 +167,66 @@ def test_pareto_and_plot(tmp_path):
     assert fig.axes[0].get_xscale() == "log"
 
 
-def test_store_keeps_one_row_per_key(tmp_path):
-    store = ResultsStore(tmp_path)
-    store.put({"key": "a", "status": "failed", "error": "x"})
-    store.put({"key": "b", "status": "done"})
-    store.put({"key": "a", "status": "done", "error": ""})
-    df = store.read()
-    assert list(df["key"]) == ["b", "a"] and store.status() == {"a": "done", "b": "done"}
+def _study_of(tmp_path, cfg):
+    return open_grid(cfg, f"sqlite:///{tmp_path / 'grid.db'}", ResultsStore(tmp_path))
+
+
+def test_results_store_rows_come_from_the_study(tmp_path):
+    """One row per combination from its trials: done (a later failure of the same key does not
+    undo it), failed (not retried), interrupted (its retry waits: where it stood), and none for
+    a killed worker's combination whose retry waits, nor for a running one."""
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    cfg = {"name": "g", "base": {}, "grid": {}}
+    study = _study_of(tmp_path, cfg)
+
+    def add(key, state, value=None, **attrs):
+        settings = json.dumps({"model": {"head": key}, "seed": 0})
+        attrs = {"key": key, "run": key, "settings": settings, **attrs}
+        study.add_trial(create_trial(state=state, value=value, user_attrs=attrs))
+
+    add("a", TrialState.COMPLETE, 0.5, row={"val/score": 0.5, "gmacs_per_frame": 0.1})
+    add("b", TrialState.FAIL, error="ValueError: bad")
+    add("c", TrialState.FAIL, error="interrupted by SIGTERM", interrupted=True)
+    add("c", TrialState.WAITING, interrupted=True, error="interrupted by SIGTERM",
+        checkpoint="/x/c.ckpt", train_s=3.5)  # fmt: skip
+    add("d", TrialState.FAIL)  # a killed worker's, failed for its silent heartbeat ...
+    optuna.storages.RetryHeartbeatStaleTrialCallback()(study, study.trials[-1])  # ... retried
+    add("e", TrialState.RUNNING)
+    add("a", TrialState.FAIL, error="a rerun that failed")
+    df = grid_rows(study, cfg).set_index("key")
+    assert list(df.index) == ["a", "b", "c"]
+    assert list(df["status"]) == ["done", "failed", "interrupted"]
+    assert df.loc["a", "val/score"] == 0.5 and df.loc["a", "model.head"] == "a"
+    assert df.loc["b", "error"] == "ValueError: bad"
+    assert df.loc["c", "checkpoint"] == "/x/c.ckpt" and df.loc["c", "train_s"] == 3.5
+
+
+def test_a_results_store_older_than_the_study_is_taken_in(synth_root, tmp_path):
+    """A grid run by an earlier version (a results.csv, no study): its finished and failed
+    combinations keep their state, nothing reruns (``max_runs=0``)."""
+    cfg = _cfg(synth_root, ["frame", "gru", "mean"], seq_len=8)
+    runs = expand(cfg)
+    keys = [r["key"] for r in runs]
+    folder = tmp_path / "t"
+    settings = [json.dumps(r["settings"], sort_keys=True) for r in runs]
+    old = pd.DataFrame(
+        [
+            {"key": keys[0], "run": "x", "status": "done", "val/score": 0.25, "steps": 6,
+             "gmacs_per_frame": 0.01, "settings": settings[0], **flat(runs[0]["settings"]),
+             "error": ""},
+            {"key": keys[1], "run": "y", "status": "failed", "error": "ValueError: lr",
+             "settings": settings[1], **flat(runs[1]["settings"])},
+        ]
+    )  # fmt: skip
+    ResultsStore(folder).write(old)
+    df = run_grid(cfg, tmp_path, wandb_disabled=True, max_runs=0).set_index("key")
+    assert df.loc[keys[0], "status"] == "done" and df.loc[keys[0], "val/score"] == 0.25
+    assert df.loc[keys[0], "steps"] == 6
+    assert df.loc[keys[1], "status"] == "failed" and df.loc[keys[1], "error"] == "ValueError: lr"
+    assert keys[2] not in df.index
+    assert len(_study_of(folder, cfg).trials) == 2
 
 
 def test_dry_run_lists_combinations_with_cost(tmp_path, capsys):
@@ -297,52 +351,10 @@ def test_ablate_exits_non_zero_when_a_combination_failed(synth_root, tmp_path, c
     }
 
 
-def _put_rows(folder: str, worker: int, n: int) -> None:
-    store = ResultsStore(folder)
-    for i in range(n):
-        store.put({"key": f"w{worker}-{i}", "status": "done", "worker": worker})
-
-
-def test_store_never_loses_a_row_with_concurrent_writers(tmp_path):
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_put_rows, args=(str(tmp_path), w, 20)) for w in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    assert [p.exitcode for p in procs] == [0] * 4
-    df = ResultsStore(tmp_path).read()
-    assert len(df) == 80 and df["key"].is_unique
-    assert not list(tmp_path.glob(".results.*.csv"))
-
-
-def _hold_claim(folder: str, key: str, held, release) -> None:
-    claim = ResultsStore(folder).claim(key)
-    held.set()
-    release.wait(60)
-    claim.close()
-
-
-def test_a_claimed_combination_is_left_to_its_holder_until_it_dies(tmp_path):
-    ctx = mp.get_context("spawn")
-    held, release = ctx.Event(), ctx.Event()
-    p = ctx.Process(target=_hold_claim, args=(str(tmp_path), "k", held, release))
-    p.start()
-    assert held.wait(60)
-    store = ResultsStore(tmp_path)
-    assert store.claim("k") is None  # another process runs it
-    assert (other := store.claim("j")) is not None
-    other.close()
-    p.kill()  # the holder dies: the kernel drops its claim
-    p.join(60)
-    assert (again := store.claim("k")) is not None
-    again.close()
-
-
 def test_stale_temp_files_and_truncated_checkpoints_are_ignored(tmp_path):
     (tmp_path / ".results.99999.csv").write_bytes(b"")  # a killed writer's, or a full disk's
     store = ResultsStore(tmp_path)
-    store.put({"key": "a", "status": "done"})
+    store.write(pd.DataFrame([{"key": "a", "status": "done"}]))
     assert not (tmp_path / ".results.99999.csv").exists() and store.status() == {"a": "done"}
     ckpts = tmp_path / "checkpoints"
     ckpts.mkdir()
