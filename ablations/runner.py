@@ -27,6 +27,7 @@ import math
 import os
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,10 +246,12 @@ class GridPlan(Plan):
         clear_errors(trial)
         settings.setdefault("trainer", {}).setdefault("devices", 1)  # never "auto": all GPUs
         args = (settings, self.folder, self.cfg["name"], self.mode, key)
+        t0 = time.perf_counter()
         if spans_devices(settings):  # DDP: this combination, in a process of its own
             row = train_and_score_apart(*args, resume=resume, cost=cost_row(settings))
         else:
             row = train_and_score(*args, resume=resume)
+        trial.set_user_attr("run_s", round(time.perf_counter() - t0, 3))  # training + scoring
         value = float(row.get(MONITOR, math.nan))
         if not math.isfinite(value):
             raise FloatingPointError(f"{MONITOR} is not finite: {value}")

@@ -1,6 +1,7 @@
 """``affbench``: the suite's one command: ``data`` (synth, info, benchmarks), ``fit``,
 ``validate``, ``test``, ``predict`` (a LightningCLI), ``profile``, ``ablate``, ``table``,
-``sweep``, ``frontier``, ``bench-learning``, ``bench-efficiency`` and ``bench-sweep``."""
+``sweep``, ``frontier``, ``bench-learning``, ``bench-efficiency``, ``bench-sweep`` and
+``bench-grid``."""
 
 from __future__ import annotations
 
@@ -307,6 +308,12 @@ def _bench_sweep(args: argparse.Namespace) -> None:
     _print_rows(bench_sweep(args.config, args.trials, args.repeats, args.rounds), args.format)
 
 
+def _bench_grid(args: argparse.Namespace) -> None:
+    from ablations.bench import bench_grid
+
+    _print_rows(bench_grid(args.config, args.repeats, args.rounds), args.format)
+
+
 def _column(df, name: str) -> str:
     for c in (name, f"model.{name}", f"data.{name}", f"val/{name}"):
         if c in df.columns:
@@ -477,6 +484,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3, help="alternated overhead rounds")
     p.add_argument("--format", **fmt)
     p.set_defaults(func=_bench_sweep)
+
+    p = sub.add_parser("bench-grid", help="a grid's wall clock with 1 and 2 workers; overhead")
+    p.add_argument("--config", default="ablations/configs/quickstart.yaml")
+    p.add_argument("--repeats", type=int, default=3, help="combinations per overhead round")
+    p.add_argument("--rounds", type=int, default=2, help="alternated overhead rounds")
+    p.add_argument("--format", **fmt)
+    p.set_defaults(func=_bench_grid)
 
     p = sub.add_parser("bench-learning", help="train heads for the same budget, score val and test")
     p.add_argument("--root", default="data/synthetic")

@@ -13,9 +13,7 @@ import time
 import lightning as L
 import torch
 
-from datamodules.abaw import AbawDataModule
-from lightning_modules.experiment import trainer_defaults
-from lightning_modules.module import AffectModule
+from lightning_modules.experiment import build, trainer_kwargs
 
 
 def bench_learning(
@@ -33,35 +31,29 @@ def bench_learning(
     rows = []
     for head in heads:
         L.seed_everything(seed, workers=True)
-        model = AffectModule(
-            backbone=backbone,
-            head=head,
-            tasks="va,expr,au",
-            seq_len=seq_len,
-            img_size=img_size,
-            lr=lr,
-            freeze="none",
-        )
-        data = AbawDataModule(
-            root=root,
-            tasks="va,expr,au",
-            seq_len=seq_len,
-            img_size=img_size,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            mean=model.mean,
-            std=model.std,
-        )
+        settings = {
+            "model": {
+                "backbone": backbone,
+                "head": head,
+                "tasks": "va,expr,au",
+                "seq_len": seq_len,
+                "img_size": img_size,
+                "lr": lr,
+                "freeze": "none",
+            },
+            "data": {"root": root, "batch_size": batch_size, "num_workers": num_workers},
+            "seed": seed,
+        }
+        model, data = build(settings)
         trainer = L.Trainer(
-            accelerator="auto",
-            max_epochs=epochs,
-            **trainer_defaults(),
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            check_val_every_n_epoch=epochs,  # validate the last epoch only
+            **trainer_kwargs(
+                settings,
+                accelerator="auto",
+                max_epochs=epochs,
+                logger=False,
+                enable_checkpointing=False,
+                check_val_every_n_epoch=epochs,  # validate the last epoch only
+            )
         )
         t0 = time.perf_counter()
         trainer.fit(model, data)

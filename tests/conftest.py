@@ -63,6 +63,20 @@ def tiny_base(root) -> dict:
     }
 
 
+def wait_for(predicate, seconds: float, what: str):
+    """``predicate()``'s first truthy value, polled every 0.3 s; an AssertionError naming
+    ``what`` after ``seconds`` (tests wait for states, never for a fixed time)."""
+    import time
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        got = predicate()
+        if got:
+            return got
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def va_text(values: list[tuple[float, float]], eol: str = "\n") -> str:
     return eol.join(["valence,arousal", *(f"{a},{b}" for a, b in values)]) + eol
 

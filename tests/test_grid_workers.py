@@ -14,7 +14,7 @@ import lightning as L
 import optuna
 import pytest
 import yaml
-from conftest import tiny_base
+from conftest import tiny_base, wait_for
 from optuna.trial import TrialState
 
 from ablations.grid import expand, load_grid
@@ -45,16 +45,6 @@ def _trials(url: str, name: str) -> list:
 
 def _env() -> dict:
     return {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
-
-
-def _wait_for(predicate, seconds: float, what: str):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < seconds:
-        got = predicate()
-        if got:
-            return got
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_each_worker_has_its_own_gpu():
@@ -112,7 +102,7 @@ def test_a_killed_worker_is_retried_by_the_other(synth_root, tmp_path, postgres_
         return [t for t in mine if t.state == TrialState.RUNNING]
 
     try:
-        (running,) = _wait_for(victim_running, 300, "the first worker to run a combination")
+        (running,) = wait_for(victim_running, 300, "the first worker to run a combination")
         survivor = start(1)
         time.sleep(2)  # both work now; then the first dies mid-training
         victim.send_signal(signal.SIGKILL)

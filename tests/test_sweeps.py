@@ -6,14 +6,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
 import yaml
-from conftest import TINY, tiny_base
+from conftest import TINY, tiny_base, wait_for
 from optuna.distributions import CategoricalDistribution
 from optuna.storages import RetryHeartbeatStaleTrialCallback as RetryHeartbeat
 from optuna.trial import TrialState, create_trial
@@ -360,16 +359,6 @@ def _has_trials(db: Path) -> bool:
         return False
 
 
-def _wait_for(predicate, seconds: float, what: str):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < seconds:
-        got = predicate()
-        if got:
-            return got
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _check_wandb_runs(folder: Path, trials, study: str = "s") -> None:
     """Every finished trial has its W&B run with its objectives in the summary."""
     runs, names = {}, []
@@ -415,7 +404,7 @@ def test_killed_worker_trial_is_retried(synth_root, tmp_path, postgres_url):
         _sweep_cmd(path, *args, "--studies", str(tmp_path / "studies")), tmp_path, "killed.log"
     )
     try:
-        victim = _wait_for(
+        victim = wait_for(
             lambda: next(
                 (
                     t
@@ -459,7 +448,7 @@ def test_interrupted_study_resumes_to_its_budget(synth_root, tmp_path):
         return any(t.state == TrialState.RUNNING and t.number in (1, 2) for t in trials)
 
     try:
-        _wait_for(trial_1_or_2_running, 120, "trial 1 or 2 running")
+        wait_for(trial_1_or_2_running, 120, "trial 1 or 2 running")
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
     finally:
@@ -661,7 +650,7 @@ def test_sigterm_stops_the_sweep_like_ctrl_c(synth_root, tmp_path):
 
         proc = _start([*cmd, *extra], tmp_path, log)
         try:
-            running = _wait_for(in_fit, 300, f"{n} trial(s) in their fit")
+            running = wait_for(in_fit, 300, f"{n} trial(s) in their fit")
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=120)
         finally:
