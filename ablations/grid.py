@@ -124,12 +124,11 @@ def check_base(base, fail: Callable[[tuple[str, ...], str], None], names: bool =
                 fail((*where, key), problem)
 
 
-def load_grid(path: str | Path) -> dict:
-    """The grid file, checked: unknown keys, settings, heads and backbones are errors naming the
-    file and line, before anything runs."""
-    path = Path(path)
+def read_config(path: Path, what: str) -> tuple[object, Callable]:
+    """A YAML config file's content, and ``fail(keys, message)``, which raises a ConfigError
+    naming the file and the line of the key at ``keys``."""
     if not path.is_file():
-        raise FileNotFoundError(f"ablation config {path} does not exist")
+        raise FileNotFoundError(f"{what} {path} does not exist")
     text = path.read_text()
     try:
         cfg = yaml.safe_load(text) or {}
@@ -140,6 +139,14 @@ def load_grid(path: str | Path) -> dict:
     def fail(where: tuple[str, ...], msg: str):
         raise ConfigError(f"{path}:{lines.get(where, 1)}: {msg}")
 
+    return cfg, fail
+
+
+def load_grid(path: str | Path) -> dict:
+    """The grid file, checked: unknown keys, settings, heads and backbones are errors naming the
+    file and line, before anything runs."""
+    path = Path(path)
+    cfg, fail = read_config(path, "ablation config")
     if not isinstance(cfg, dict):
         fail((), "expected a mapping with name, description, base and grid")
     for k in cfg:

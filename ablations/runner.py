@@ -288,7 +288,7 @@ def open_grid(cfg: dict, url: str, store: ResultsStore) -> optuna.Study:
             direction="maximize",
             load_if_exists=True,
         )
-    kind = study.user_attrs.get("kind")
+    kind = study.user_attrs.get("kind") or ("sweep" if "sweep" in study.user_attrs else None)
     if kind not in (None, "grid"):
         raise ConfigError(
             f"{shown(url)} already holds a {kind} named {cfg['name']!r}: give the grid another "

@@ -66,6 +66,11 @@ def create_study(cfg: dict, url: str, study: str) -> optuna.Study:
             pruner=make_pruner(cfg["pruner"]) or optuna.pruners.NopPruner(),
             load_if_exists=True,
         )
+    if st.user_attrs.get("kind") == "grid":
+        raise ConfigError(
+            f"{shown(url)} already holds an ablation grid named {study!r}: use another --study "
+            "name, or another --storage"
+        )
     if [d.name.lower() for d in st.directions] != directions(cfg):
         raise ConfigError(
             f"study {study!r} in {shown(url)} optimises {[d.name.lower() for d in st.directions]}, "

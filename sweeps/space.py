@@ -31,9 +31,8 @@ import copy
 from pathlib import Path
 
 import optuna
-import yaml
 
-from ablations.grid import check_base, key_lines, name_problem, path_problem, set_path
+from ablations.grid import check_base, name_problem, path_problem, read_config, set_path
 from core.errors import ConfigError
 from lightning_modules.experiment import GMACS_PER_FRAME, LATENCY_MS
 from lightning_modules.scoring import (
@@ -83,17 +82,7 @@ COST, LATENCY = GMACS_PER_FRAME, LATENCY_MS
 def load_sweep(path: str | Path) -> dict:
     """The sweep file, checked, with defaults filled in. Errors name the file and line."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"sweep config {path} does not exist")
-    text = path.read_text()
-    try:
-        cfg = yaml.safe_load(text) or {}
-        lines = key_lines(text)
-    except yaml.YAMLError as e:  # PyYAML's message holds the line and column
-        raise ConfigError(f"{path}: not valid YAML: {e}".replace("\n", " ")) from None
-
-    def fail(where: tuple[str, ...], msg: str):
-        raise ConfigError(f"{path}:{lines.get(where, 1)}: {msg}")
+    cfg, fail = read_config(path, "sweep config")
 
     if not isinstance(cfg, dict):
         fail((), "expected a mapping of sweep settings")

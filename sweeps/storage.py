@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import hashlib
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,16 +71,27 @@ def open_storage(url: str, heartbeat: dict | None = None) -> optuna.storages.Bas
     check_sqlite(url)
     hb = heartbeat or {}
     kw = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    try:
-        return RDBStorage(
-            driver_url(url),
-            engine_kwargs=kw,
-            heartbeat_interval=int(hb.get("interval", HEARTBEAT["interval"])),
-            grace_period=int(hb.get("grace", HEARTBEAT["grace"])),
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-        )
-    except Exception as e:  # an unreachable server, a wrong password, a missing driver
-        raise ConfigError(f"cannot open storage {shown(url)}: {e}".splitlines()[0]) from None
+    import sqlalchemy as sa
+
+    for attempt in range(3):
+        try:
+            return RDBStorage(
+                driver_url(url),
+                engine_kwargs=kw,
+                heartbeat_interval=int(hb.get("interval", HEARTBEAT["interval"])),
+                grace_period=int(hb.get("grace", HEARTBEAT["grace"])),
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+            )
+        except (sa.exc.IntegrityError, sa.exc.ProgrammingError) as e:
+            # workers starting at once on a new database both create its tables: the second
+            # finds them on the next try
+            if attempt == 2:
+                raise ConfigError(
+                    f"cannot open storage {shown(url)}: {e}".splitlines()[0]
+                ) from None
+            time.sleep(1 + attempt)
+        except Exception as e:  # an unreachable server, a wrong password, a missing driver
+            raise ConfigError(f"cannot open storage {shown(url)}: {e}".splitlines()[0]) from None
 
 
 def _damaged(url: str, why: str) -> ConfigError:

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import lightning as L
@@ -85,31 +84,34 @@ def test_a_killed_worker_is_retried_by_the_other(synth_root, tmp_path, postgres_
     cfg["heartbeat"] = {"interval": 1, "grace": 4}
     path = _write(tmp_path, cfg)
 
-    def start(i: int) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "affbench.cli", "ablate", str(path), "--storage",
-               postgres_url, "--results", str(tmp_path / f"m{i}")]  # fmt: skip
+    steps = tmp_path / "victim-steps.log"
+    script = Path(__file__).with_name("ablate_with_sigterm.py")  # -1: logs its steps, no signal
+
+    def start(i: int, log_steps: list[str]) -> subprocess.Popen:
+        cmd = [sys.executable, *log_steps, "ablate", str(path), "--storage", postgres_url,
+               "--results", str(tmp_path / f"m{i}")]  # fmt: skip
         with open(tmp_path / f"m{i}.log", "w") as f:
             return subprocess.Popen(cmd, env=_env(), stdout=f, stderr=subprocess.STDOUT)
 
-    victim = start(0)
+    victim = start(0, [str(script), str(steps), "-1"])
+    survivor = start(1, ["-m", "affbench.cli"])
 
-    def victim_running():
-        try:
-            trials = _trials(postgres_url, "killed")
-        except KeyError:  # no study yet
+    def victim_in_fit():
+        """The victim's running trial once it has trained its first steps (of 9)."""
+        if not steps.exists() or steps.read_text().split()[-1:] not in (["0"], ["1"], ["2"]):
             return None
+        trials = _trials(postgres_url, "killed")
         mine = [t for t in trials if t.user_attrs.get("worker", "").endswith(f":{victim.pid}")]
         return [t for t in mine if t.state == TrialState.RUNNING]
 
     try:
-        (running,) = wait_for(victim_running, 300, "the first worker to run a combination")
-        survivor = start(1)
-        time.sleep(2)  # both work now; then the first dies mid-training
-        victim.send_signal(signal.SIGKILL)
+        (running,) = wait_for(victim_in_fit, 300, "the first worker to train a combination")
+        victim.send_signal(signal.SIGKILL)  # mid-training: seconds of it left
         victim.wait(60)
         code = survivor.wait(600)
     finally:
         victim.kill()
+        survivor.kill()
     log = (tmp_path / "m1.log").read_text()
     assert code == 0, log[-3000:]
     trials = _trials(postgres_url, "killed")
