@@ -345,8 +345,31 @@ def _bench_efficiency(args: argparse.Namespace) -> None:
     _print_rows(rows, args.format)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose help fills ``{heads}``, ``{backbones}`` and ``{tasks}`` from the
+    registries when it is printed (building them imports torch and timm: seconds that the other
+    commands do not pay)."""
+
+    def format_help(self) -> str:
+        keys = ("{heads}", "{backbones}", "{tasks}")
+        marked = [a for a in self._actions if a.help and any(k in a.help for k in keys)]
+        if marked:
+            from datamodules.tasks import list_tasks
+            from lightning_modules.backbone import list_backbones
+            from lightning_modules.heads import list_heads
+
+            names = {
+                "heads": ", ".join(list_heads()),
+                "backbones": ", ".join(list_backbones()) + " (any timm model works)",
+                "tasks": ", ".join(list_tasks()),
+            }
+            for action in marked:
+                action.help = action.help.format(**names)
+        return super().format_help()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="affbench",
         description=__doc__,
         epilog="Training: affbench fit|validate|test|predict --help (a LightningCLI)",
@@ -391,15 +414,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_data_bench_loader)
 
     p = sub.add_parser("profile", help="params, MACs/FLOPs, latency, throughput, streaming, memory")
-    p.add_argument("--backbone", default="mobilenetv4_conv_small")
-    p.add_argument(
-        "--head", default="mixer3", help="a head name, or 'none' for the bare timm model"
-    )
+    p.add_argument("--backbone", default="mobilenetv4_conv_small", help="{backbones}")
+    p.add_argument("--head", default="mixer3", help="{heads}, or none (the bare timm model)")
     p.add_argument("--head-kwargs", default="{}", help="head settings as JSON")
     p.add_argument(
         "--classifier", type=int, default=1000, help="with --head none: classes (0: none)"
     )
-    p.add_argument("--tasks", default="va")
+    p.add_argument("--tasks", default="va", help="{tasks} (comma-separated)")
     p.add_argument("--seq-len", type=int, default=32)
     p.add_argument("--img-size", type=int, default=112)
     p.add_argument("--batch", type=int, default=8, help="clips per batch for frames/s")
@@ -494,8 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench-learning", help="train heads for the same budget, score val and test")
     p.add_argument("--root", default="data/synthetic")
-    p.add_argument("--heads", default="frame,gru,mixer3")
-    p.add_argument("--backbone", default="mobilenetv4_conv_small")
+    p.add_argument("--heads", default="frame,gru,mixer3", help="comma-separated: {heads}")
+    p.add_argument("--backbone", default="mobilenetv4_conv_small", help="{backbones}")
     p.add_argument("--seq-len", type=int, default=16)
     p.add_argument("--img-size", type=int, default=112)
     p.add_argument("--epochs", type=int, default=8)

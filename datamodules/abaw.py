@@ -97,7 +97,7 @@ class AbawDataModule(L.LightningDataModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.tasks = parse_tasks(tasks)
+        self.tasks = parse_tasks(tasks, annotated=True)  # EMI has no reader here
         self.seq_len = seq_len
         self.stride = stride or seq_len
         self.train_stride = train_stride or seq_len

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from datamodules.tasks import TaskSpec
+from datamodules.tasks import Task
 
 
 class AnnotationError(ValueError):
@@ -52,7 +52,7 @@ class TaskLabels:
         return np.concatenate([[0], np.cumsum(self.lengths)])
 
 
-def _check_header(path: Path, header: bytes, spec: TaskSpec) -> None:
+def _check_header(path: Path, header: bytes, spec: Task) -> None:
     got = [c.strip().lower() for c in header.decode("utf-8", "replace").strip().split(",")]
     if got != [c.lower() for c in spec.columns]:
         raise AnnotationError(
@@ -62,7 +62,7 @@ def _check_header(path: Path, header: bytes, spec: TaskSpec) -> None:
         )
 
 
-def _split_file(path: Path, spec: TaskSpec) -> bytes:
+def _split_file(path: Path, spec: Task) -> bytes:
     """The file's data lines, '\\n'-separated, without the header and trailing blank lines."""
     text = path.read_bytes().replace(b"\r", b"")
     header, _, body = text.partition(b"\n")
@@ -70,7 +70,7 @@ def _split_file(path: Path, spec: TaskSpec) -> bytes:
     return body.rstrip(b" \t\n")
 
 
-def _line_problem(fields: list[str], spec: TaskSpec) -> str | None:
+def _line_problem(fields: list[str], spec: Task) -> str | None:
     """Why one data line is invalid (None if it is fine). The slow, exact path."""
     if fields == [""]:
         return None  # a blank line: unannotated
@@ -85,33 +85,23 @@ def _line_problem(fields: list[str], spec: TaskSpec) -> str | None:
     return _values_problem(np.asarray([vals], dtype=np.float32), spec)
 
 
-def _values_problem(v: np.ndarray, spec: TaskSpec) -> str | None:
+def _values_problem(v: np.ndarray, spec: Task) -> str | None:
     bad = _bad_rows(v, spec)
     if not bad.any():
         return None
     row = v[np.flatnonzero(bad)[0]]
-    shown = ",".join(f"{x:g}" for x in row)
-    if spec.name == "va":
-        return f"value outside [-1, 1] (and not the unannotated -5) in {shown!r}"
-    if spec.name == "expr":
-        return f"class {shown!r} is not an integer in 0..{spec.num_outputs - 1} or -1"
-    return f"AU values must be 0, 1 or -1, got {shown!r}"
+    return spec.bad_values_message(",".join(f"{x:g}" for x in row))
 
 
-def _bad_rows(v: np.ndarray, spec: TaskSpec) -> np.ndarray:
-    """(N, C) values -> (N,) bool: rows holding a value outside the table of the reference."""
+def _bad_rows(v: np.ndarray, spec: Task) -> np.ndarray:
+    """(N, C) values -> (N,) bool: rows holding a value the task does not allow (the table of
+    the reference, ``Task.values_ok``)."""
     blank = np.isnan(v).all(axis=1)
     partial = np.isnan(v).any(axis=1) & ~blank
-    if spec.name == "va":
-        ok = ((v >= -1) & (v <= 1)) | (v == spec.unannotated)
-    elif spec.name == "expr":
-        ok = (v >= -1) & (v < spec.num_outputs) & (v == np.round(v))
-    else:
-        ok = (v == 0) | (v == 1) | (v == -1)
-    return partial | (~ok.all(axis=1) & ~blank)
+    return partial | (~spec.values_ok(v).all(axis=1) & ~blank)
 
 
-def _locate(path: Path, spec: TaskSpec, reason: str) -> AnnotationError:
+def _locate(path: Path, spec: Task, reason: str) -> AnnotationError:
     """Re-read one file line by line and return the error for its first bad line."""
     lines = _split_file(path, spec).decode("utf-8", "replace").split("\n")
     for k, line in enumerate(lines, start=1):
@@ -121,7 +111,7 @@ def _locate(path: Path, spec: TaskSpec, reason: str) -> AnnotationError:
     return AnnotationError(path, 1, reason)
 
 
-def _parse_chunk(files: list[Path], spec: TaskSpec) -> tuple[np.ndarray, np.ndarray]:
+def _parse_chunk(files: list[Path], spec: Task) -> tuple[np.ndarray, np.ndarray]:
     """One pandas call over the joined data lines of ``files``: lengths (F,), values (N, C) in
     the task's dtype (blank lines set to the unannotated value) and the blank-line mask (N,)."""
     bodies = [_split_file(f, spec) for f in files]
@@ -178,7 +168,7 @@ def _first_filled_blank(buf: bytes, blank: np.ndarray) -> int | None:
     return None
 
 
-def read_task_files(files: list[Path], spec: TaskSpec, chunk_bytes: int = 16 << 20) -> TaskLabels:
+def read_task_files(files: list[Path], spec: Task, chunk_bytes: int = 16 << 20) -> TaskLabels:
     """Parse every file of one task and split, validating every value.
 
     Files are parsed in groups of about ``chunk_bytes`` (one pandas call each), which keeps the

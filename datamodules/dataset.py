@@ -158,18 +158,11 @@ class ClipDataset(Dataset):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         spec = get_task(task)
         if task not in self.index.labels:  # the split has no file for this task: all unlabelled
-            return torch.zeros(self.seq_len, spec.num_outputs), torch.zeros(
+            return torch.zeros(self.seq_len, spec.outputs), torch.zeros(
                 self.seq_len, dtype=torch.bool
             )
         valid = self.index.valid[task][rows] & ~pad
-        raw = self.index.labels[task][rows]
-        if task == "expr":
-            target = np.zeros((self.seq_len, spec.num_outputs), np.float32)
-            target[
-                np.arange(self.seq_len), np.clip(raw[:, 0], 0, spec.num_outputs - 1).astype(int)
-            ] = 1
-        else:
-            target = raw.astype(np.float32)
+        target = spec.encode(self.index.labels[task][rows])  # e.g. EXPR index -> one-hot
         target[~valid] = 0
         return torch.from_numpy(target), torch.from_numpy(valid)
 

@@ -171,7 +171,7 @@ def find_annotations_dir(root: Path, annotations: str | None = None) -> Path:
         return path
     if not root.is_dir():
         raise FileNotFoundError(f"data root {root} does not exist")
-    challenges = {get_task(t).challenge for t in list_tasks()}
+    challenges = {get_task(t).challenge for t in list_tasks(annotated=True)}
     found = [
         d
         for d in sorted(root.iterdir())
@@ -253,7 +253,7 @@ def _list_frames(folder: Path) -> tuple[np.ndarray, int]:
 def _split_files(ann_dir: Path, split: str) -> dict[str, dict[str, Path]]:
     """task -> {video: annotation file} of one split; tasks without that split are left out."""
     out = {}
-    for t in list_tasks():
+    for t in list_tasks(annotated=True):
         folder = ann_dir / get_task(t).challenge / split
         if folder.is_dir():
             out[t] = {p.stem: p for p in sorted(folder.glob("*.txt"))}

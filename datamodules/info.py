@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from datamodules.index import COUNT_FIELDS, FrameIndex, find_annotations_dir, load_index
-from datamodules.tasks import SPLITS, TEST_SPLIT, get_task
+from datamodules.tasks import SPLITS, TEST_SPLIT, get_task, list_tasks
 
 
 def task_summary(index: FrameIndex, task: str) -> dict:
@@ -62,7 +62,7 @@ def dataset_info(
     out: dict[str, dict] = {}
     for split in (*SPLITS, TEST_SPLIT):
         if not any(
-            (ann_dir / get_task(t).challenge / split).is_dir() for t in ("va", "expr", "au")
+            (ann_dir / get_task(t).challenge / split).is_dir() for t in list_tasks(annotated=True)
         ):
             continue
         index = load_index(root, split, annotations, cache_dir=cache_dir)

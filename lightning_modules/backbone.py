@@ -34,9 +34,37 @@ class FeatureSpec:
     pooled_dim: int
 
 
+# The backbones the suite names (README, grids, sweeps, tests), by timm's own names: the seed
+# paper's MobileNetV4 family and the lightweight baselines. Any other timm model works too.
+BACKBONES = (
+    "mobilenetv4_conv_small",
+    "mobilenetv4_conv_medium",
+    "mobilenetv4_conv_large",
+    "mobilenetv4_hybrid_medium",
+    "mobilenetv4_hybrid_large",
+    "mobilenetv4_conv_small_035",  # the tests' and the quick sweep's narrow Conv-S
+    "mobilenetv4_conv_small_050",
+    "resnet18",
+    "efficientnet_b0",
+    "mobilenetv3_large_100",
+    "mobilenetv3_small_100",
+)
+
+
+def list_backbones() -> list[str]:
+    """The backbones the suite names (README, grid and sweep files); any timm model name works."""
+    return list(BACKBONES)
+
+
+def is_backbone(name: object) -> bool:
+    """Whether ``name`` is a timm model name (what ``backbone`` takes)."""
+    return isinstance(name, str) and timm.is_model(name)
+
+
 def check_backbone(name: str) -> None:
-    if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:12]
+    """Raise a ConfigError naming similar timm models if ``name`` is not a timm model name."""
+    if not is_backbone(name):
+        close = timm.list_models(f"*{str(name).split('_')[0]}*")[:12]
         hint = f"; similar: {', '.join(close)}" if close else ""
         raise ConfigError(
             f"unknown backbone {name!r}: any timm model name works "

@@ -16,15 +16,11 @@ from torch import nn
 
 from core.errors import ConfigError
 from datamodules.augment import normalize_frames
+from datamodules.tasks import get_task, list_tasks, parse_tasks
 from lightning_modules.backbone import FrameEncoder, backbone_norm
 from lightning_modules.heads import create_head
-from lightning_modules.objectives import OUTPUTS, activate, parse_model_tasks, task_loss
-from lightning_modules.scoring import (
-    FramePredictions,
-    metric_key,
-    score_split,
-    tune_au_thresholds,
-)
+from lightning_modules.objectives import task_loss
+from lightning_modules.scoring import FramePredictions, metric_key, score_split
 
 
 class AffectModule(L.LightningModule):
@@ -32,11 +28,12 @@ class AffectModule(L.LightningModule):
     backbone: a timm model name. pretrained: None or a local checkpoint file.
     freeze: none | stem | all_but_last | all. head: a registered head name; head_kwargs its
     settings (e.g. ``{"levels": 2, "token_mixer": "factorized"}``).
-    tasks: any of va, expr, au, emi (``"va,au"`` or a list); multi-task losses are summed
-    with ``task_weights``.
+    tasks: any registered tasks, e.g. va, expr, au, emi (``"va,au"`` or a list); one output
+    layer each, of the task's width; multi-task losses are summed with ``task_weights``.
     seq_len, img_size: T and the input size (linked to the datamodule by the CLI).
     dropout: before the output layers. va_loss: ccc | mse. expr_loss: focal | ce.
-    au_loss: focal | bce. focal_gamma, au_focal_alpha, label_smoothing (EXPR),
+    au_loss: focal | bce (a task without such a setting trains with its first loss kind).
+    focal_gamma, au_focal_alpha, label_smoothing (EXPR),
     expr_class_weights (8 floats), au_pos_weight (12 floats).
     lr, weight_decay, warmup_epochs: AdamW with a linear warm-up (in epochs, fractions
     allowed). scheduler: cosine (to zero over the run) | cosine_restarts (period
@@ -76,18 +73,18 @@ class AffectModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.tasks = parse_model_tasks(tasks)
+        self.tasks = parse_tasks(tasks)
         if scheduler not in ("cosine", "cosine_restarts", "none"):
             raise ConfigError(
                 f"scheduler must be cosine, cosine_restarts or none, got {scheduler!r}"
             )
         if not 0 <= dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
-        unknown = sorted(set(task_weights or {}) - set(OUTPUTS))
+        unknown = sorted(set(task_weights or {}) - set(list_tasks()))
         if unknown:  # a misspelt task would silently keep weight 1
             raise ConfigError(
                 f"task_weights names unknown task(s) {', '.join(unknown)}; tasks are: "
-                + ", ".join(OUTPUTS)
+                + ", ".join(list_tasks())
             )
         self.encoder = FrameEncoder(
             backbone, img_size=img_size, pretrained=pretrained, freeze=freeze
@@ -95,19 +92,20 @@ class AffectModule(L.LightningModule):
         self.head = create_head(head, self.encoder.spec, seq_len, **(head_kwargs or {}))
         self.dropout = nn.Dropout(dropout)
         self.outputs = nn.ModuleDict(
-            {t: nn.Linear(self.head.out_dim, OUTPUTS[t]) for t in self.tasks}
+            {t: nn.Linear(self.head.out_dim, get_task(t).outputs) for t in self.tasks}
         )
         self.mean, self.std = backbone_norm(backbone)  # what the datamodule must normalise with
         for name, values, n in (
-            ("expr_class_weights", expr_class_weights, 8),
-            ("au_pos_weight", au_pos_weight, 12),
+            ("expr_class_weights", expr_class_weights, get_task("expr").outputs),
+            ("au_pos_weight", au_pos_weight, get_task("au").outputs),
         ):
             if values is not None and len(values) != n:
                 raise ConfigError(f"{name} needs {n} values, got {len(values)}")
             self.register_buffer(
                 name, torch.tensor(values, dtype=torch.float32) if values else None
             )
-        self.register_buffer("au_thresholds", torch.full((OUTPUTS["au"],), 0.5))
+        # the tuned thresholds of the thresholded task (AU): a buffer, so checkpoints keep them
+        self.register_buffer("au_thresholds", torch.full((get_task("au").outputs,), 0.5))
         self.task_weights = {t: float((task_weights or {}).get(t, 1.0)) for t in self.tasks}
         self.frames = nn.ModuleDict({s: FramePredictions(self.tasks) for s in ("val", "test")})
 
@@ -122,14 +120,13 @@ class AffectModule(L.LightningModule):
 
     def _losses(self, raw: dict, batch: dict) -> dict[str, torch.Tensor]:
         hp = self.hparams
-        kinds = {"va": hp.va_loss, "expr": hp.expr_loss, "au": hp.au_loss, "emi": "mse"}
         return {
             t: task_loss(
                 t,
                 raw[t],
                 batch["targets"][t],
                 batch["valid"][t],
-                kinds[t],
+                hp.get(f"{t}_loss") or get_task(t).losses[0],  # va_loss, ...: the loss kind
                 gamma=hp.focal_gamma,
                 alpha=hp.au_focal_alpha,
                 label_smoothing=hp.label_smoothing,
@@ -152,7 +149,7 @@ class AffectModule(L.LightningModule):
 
     def _eval_step(self, stage: str, batch: dict) -> None:
         raw = self(batch["frames"])
-        preds = {t: activate(t, v) for t, v in raw.items()}
+        preds = {t: get_task(t).activate(v) for t, v in raw.items()}
         self.frames[stage].update(
             batch["video"], batch["frame"], batch["pad"], preds, batch["targets"], batch["valid"]
         )
@@ -162,13 +159,10 @@ class AffectModule(L.LightningModule):
     def _eval_epoch_end(self, stage: str) -> None:
         merged = self.frames[stage].compute()  # gathered from all ranks, merged per frame
         self.frames[stage].reset()
-        if (
-            stage == "val"
-            and self.hparams.tune_au_thresholds
-            and "au" in merged
-            and len(merged["au"][1])
-        ):
-            self.au_thresholds = tune_au_thresholds(merged["au"][1], merged["au"][2]).float()
+        if stage == "val" and self.hparams.tune_au_thresholds:
+            for t, (_, pred, target) in merged.items():
+                if get_task(t).thresholded and len(pred):
+                    self.au_thresholds = get_task(t).tune_thresholds(pred, target).float()
         tuned = self.au_thresholds if self.hparams.tune_au_thresholds else None
         names = self.frames[stage].video_names
         for name, value in score_split(merged, tuned, names).items():
@@ -188,7 +182,7 @@ class AffectModule(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """Per-frame predictions (activated) with their keys, for a submission file."""
-        preds = {t: activate(t, v).float().cpu() for t, v in self(batch["frames"]).items()}
+        preds = {t: get_task(t).activate(v).float().cpu() for t, v in self(batch["frames"]).items()}
         return {
             "video": batch["video"],
             "frame": batch["frame"].cpu(),

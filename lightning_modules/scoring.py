@@ -1,10 +1,11 @@
-"""The official ABAW measures, computed frame-exact, and the metric keys (defined here, once).
+"""The official ABAW measures, computed frame-exact, and the metric keys.
 
 During validation and test every frame's prediction is kept with its key (video, frame number).
 At the end, across all ranks: a clip seen twice (a distributed sampler repeats samples to even
 out its shards) counts once; predictions of a frame seen by several clips (overlapping windows)
 are averaged into one; padding never enters; unannotated frames are dropped per task. Then,
-over all annotated frames of the split pooled:
+over all annotated frames of the split pooled, each task's measures (its ``Task.measures`` in
+``datamodules.tasks``):
 
 * VA: CCC of valence and of arousal (population moments) and their mean;
 * EXPR: macro F1 over the classes (torchmetrics; a class absent from both targets and
@@ -19,15 +20,14 @@ import hashlib
 
 import torch
 from torchmetrics import Metric
-from torchmetrics.functional import pearson_corrcoef
-from torchmetrics.functional.classification import multiclass_f1_score, multilabel_f1_score
 from torchmetrics.utilities import dim_zero_cat
 
-from lightning_modules.objectives import OUTPUTS, ccc
+from datamodules.tasks import AROUSAL, AU_TUNED, VALENCE, TaskTable, get_task  # noqa: F401
 
-# metric names, the one place they are spelled; logged as f"{stage}/{name}"
-MEASURE = {"va": "va_ccc", "expr": "expr_f1", "au": "au_f1", "emi": "emi_pcc"}
-VALENCE, AROUSAL, AU_TUNED, SCORE = "valence_ccc", "arousal_ccc", "au_f1_tuned", "score"
+# metric names, spelled once: each task's own (its Task's ``measure``; VALENCE, AROUSAL and
+# AU_TUNED beside them) and the mean of the trained tasks'; logged as f"{stage}/{name}"
+MEASURE = TaskTable("measure")  # task -> its main measure, e.g. "va" -> "va_ccc"
+SCORE = "score"
 MONITOR = f"val/{SCORE}"  # checkpointing, early stopping, pruning and tables all use this
 
 FRAME_SPAN = 1 << 22  # frame numbers below 4 million; video hashes take the 40 bits above
@@ -125,12 +125,7 @@ class FramePredictions(Metric):
 
 def tune_au_thresholds(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """(M, 12) probabilities, labels -> (12,) thresholds in 0.05..0.95 maximising each AU F1."""
-    grid = torch.linspace(0.05, 0.95, 19, dtype=pred.dtype, device=pred.device)
-    hard = (pred[None] > grid[:, None, None]).double()  # (G, M, 12)
-    tgt = target[None].double()
-    tp = (hard * tgt).sum(1)
-    f1 = 2 * tp / (hard.sum(1) + tgt.sum(1)).clamp(min=1e-12)  # (G, 12)
-    return grid[f1.argmax(0)]
+    return get_task("au").tune_thresholds(pred, target)
 
 
 def measures(
@@ -138,10 +133,12 @@ def measures(
     keys: torch.Tensor,
     pred: torch.Tensor,
     target: torch.Tensor,
-    au_thresholds: torch.Tensor | None = None,
+    thresholds: torch.Tensor | None = None,
     video_names: dict[int, str] | None = None,
 ) -> dict[str, float]:
-    """The official measures of one task from merged frame predictions.
+    """The official measures of one task from merged frame predictions (its Task's
+    ``measures``; a per-video task's on one prediction per video, the mean of its frames).
+    ``thresholds``: tuned per-output thresholds of a thresholded task (AU).
 
     A non-finite prediction is an error, never a number: torchmetrics would pass a NaN into the
     CCC, pick it as the EXPR class, or (AU) take it as a cue to apply a sigmoid to every
@@ -159,46 +156,23 @@ def measures(
             f"prediction, e.g. frame {key % FRAME_SPAN} of video {video}; "
             "a score over them would be wrong"
         )
-    if task == "va":
-        c = ccc(pred, target)
-        return {MEASURE["va"]: float(c.mean()), VALENCE: float(c[0]), AROUSAL: float(c[1])}
-    if task == "expr":
-        f1 = multiclass_f1_score(
-            pred.argmax(-1), target.argmax(-1), num_classes=OUTPUTS["expr"], average="macro"
-        )
-        return {MEASURE["expr"]: float(f1)}
-    if task == "au":
-        # hard labels: given floats, torchmetrics applies a sigmoid to all of them as soon as one
-        # lies outside [0, 1], and the F1 changes without a word
-        def au_f1(thresholds: torch.Tensor | float) -> float:
-            hard = (pred > thresholds).int()
-            return float(
-                multilabel_f1_score(hard, target.int(), num_labels=OUTPUTS["au"], average="macro")
-            )
-
-        out = {MEASURE["au"]: au_f1(0.5)}
-        if au_thresholds is not None:
-            out[AU_TUNED] = au_f1(au_thresholds.to(pred))
-        return out
-    # EMI: one prediction per video, the mean of its frames
-    video = keys // FRAME_SPAN
-    _, pred_v, target_v = merge_by_key(video, pred, target)
-    if len(pred_v) < 2:
-        return {}
-    return {MEASURE["emi"]: float(pearson_corrcoef(pred_v, target_v).nan_to_num(0.0).mean())}
+    spec = get_task(task)
+    if spec.per_video:
+        _, pred, target = merge_by_key(keys // FRAME_SPAN, pred, target)
+    return spec.measures(pred, target, thresholds if spec.thresholded else None)
 
 
 def score_split(
     merged: dict,
-    au_thresholds: torch.Tensor | None = None,
+    thresholds: torch.Tensor | None = None,
     video_names: dict[int, str] | None = None,
 ) -> dict[str, float]:
-    """All measures of all tasks, plus ``score``: the mean of each trained task's measure."""
+    """All measures of all tasks, plus ``score``: the mean of each trained task's measure.
+    ``thresholds``: the tuned thresholds of the thresholded task (AU), or None."""
     out: dict[str, float] = {}
     for task, (keys, pred, target) in merged.items():
-        thresholds = au_thresholds if task == "au" else None
         out.update(measures(task, keys, pred, target, thresholds, video_names))
-    main = [out[MEASURE[t]] for t in merged if MEASURE[t] in out]
+    main = [out[get_task(t).measure] for t in merged if get_task(t).measure in out]
     if main:
         out[SCORE] = sum(main) / len(main)
     return out

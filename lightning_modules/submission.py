@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from datamodules.index import read_test_list
-from datamodules.tasks import AU_NAMES, EXPR_NAMES, get_task
+from datamodules.tasks import get_task
 from lightning_modules.scoring import FRAME_SPAN, frame_keys, merge_by_key, video_hash
 
 log = logging.getLogger(__name__)
@@ -42,12 +42,12 @@ def lookup_nearest(uniq: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
 
 
 def submission_paths(out_dir: Path | str, tasks: tuple[str, ...]) -> dict[str, Path]:
-    """Frame task -> ``out_dir/<Challenge>/predictions.txt`` (EMI is judged per video on another
-    dataset: it has none)."""
+    """Task -> ``out_dir/<Challenge>/predictions.txt`` for the tasks with a challenge folder
+    (EMI is judged per video on another dataset: it has none)."""
     return {
         t: Path(out_dir) / get_task(t).challenge / "predictions.txt"
         for t in tasks
-        if t in ("va", "expr", "au")
+        if get_task(t).annotated
     }
 
 
@@ -73,7 +73,9 @@ def write_submission(
     au_thresholds: torch.Tensor | None = None,
 ) -> list[Path]:
     """Write ``out_dir/<Challenge>/predictions.txt`` for each frame task; returns the paths.
-    An existing file is never overwritten (FileExistsError before anything is written)."""
+    Each row is the task's ``submission_rows``; ``au_thresholds`` are the tuned thresholds of
+    the thresholded task (AU; 0.5 when None). An existing file is never overwritten
+    (FileExistsError before anything is written)."""
     check_submission_free(out_dir, tasks)
     listed = read_test_list(Path(test_list))
     locs = [f"{v}/{f:05d}.jpg" for v, f in zip(listed["video"], listed["frame"], strict=True)]
@@ -100,16 +102,10 @@ def write_submission(
                 "no prediction for video(s) %s: writing the mean prediction", ", ".join(missing)
             )
             p[idx < 0] = pred.mean(0).to(p)
-        if task == "va":
-            header, rows = "valence,arousal", [f"{a:.4f},{b:.4f}" for a, b in p.tolist()]
-        elif task == "expr":
-            header, rows = ",".join(EXPR_NAMES), [str(c) for c in p.argmax(-1).tolist()]
-        else:
-            thr = au_thresholds if au_thresholds is not None else torch.full((len(AU_NAMES),), 0.5)
-            hard = (p > thr.to(p)).int()
-            header, rows = ",".join(AU_NAMES), [",".join(map(str, r)) for r in hard.tolist()]
+        spec = get_task(task)
+        rows = spec.submission_rows(p, au_thresholds if spec.thresholded else None)
         lines = [
-            f"image_location,{header}",
+            f"image_location,{spec.header}",
             *(f"{loc},{r}" for loc, r in zip(locs, rows, strict=True)),
         ]
         texts[path] = "\n".join(lines) + "\n"

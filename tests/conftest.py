@@ -63,9 +63,11 @@ def tiny_base(root) -> dict:
     }
 
 
-def wait_for(predicate, seconds: float, what: str):
+def wait_for(predicate, seconds: float, what: str, proc=None, log: Path | None = None):
     """``predicate()``'s first truthy value, polled every 0.3 s; an AssertionError naming
-    ``what`` after ``seconds`` (tests wait for states, never for a fixed time)."""
+    ``what`` after ``seconds`` (tests wait for states, never for a fixed time). ``proc``: the
+    process that should bring the state about; if it exits first, the wait ends at once with
+    its exit code and the end of its ``log``."""
     import time
 
     t0 = time.monotonic()
@@ -73,6 +75,9 @@ def wait_for(predicate, seconds: float, what: str):
         got = predicate()
         if got:
             return got
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
+            raise AssertionError(f"the process exited ({proc.returncode}) before {what}:\n{tail}")
         time.sleep(0.3)
     raise AssertionError(f"timed out waiting for {what}")
 

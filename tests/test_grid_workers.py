@@ -105,7 +105,9 @@ def test_a_killed_worker_is_retried_by_the_other(synth_root, tmp_path, postgres_
         return [t for t in mine if t.state == TrialState.RUNNING]
 
     try:
-        (running,) = wait_for(victim_in_fit, 300, "the first worker to train a combination")
+        (running,) = wait_for(
+            victim_in_fit, 300, "the victim to train", victim, tmp_path / "m0.log"
+        )
         victim.send_signal(signal.SIGKILL)  # mid-training: seconds of it left
         victim.wait(60)
         code = survivor.wait(600)

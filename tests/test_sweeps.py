@@ -413,8 +413,10 @@ def test_killed_worker_trial_is_retried(synth_root, tmp_path, postgres_url):
                 ),
                 None,
             ),
-            120,
+            300,
             "a running trial",
+            proc,
+            tmp_path / "killed.log",
         )
         pid = int(victim.user_attrs["worker"].split(":")[1])
         os.kill(pid, signal.SIGKILL)  # mid-trial: the attribute is set before its training
@@ -448,7 +450,7 @@ def test_interrupted_study_resumes_to_its_budget(synth_root, tmp_path):
         return any(t.state == TrialState.RUNNING and t.number in (1, 2) for t in trials)
 
     try:
-        wait_for(trial_1_or_2_running, 120, "trial 1 or 2 running")
+        wait_for(trial_1_or_2_running, 300, "trial 1 or 2 running", proc, tmp_path / "first.log")
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
     finally:
@@ -650,7 +652,7 @@ def test_sigterm_stops_the_sweep_like_ctrl_c(synth_root, tmp_path):
 
         proc = _start([*cmd, *extra], tmp_path, log)
         try:
-            running = wait_for(in_fit, 300, f"{n} trial(s) in their fit")
+            running = wait_for(in_fit, 300, f"{n} trial(s) in their fit", proc, tmp_path / log)
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=120)
         finally:
