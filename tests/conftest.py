@@ -103,7 +103,7 @@ def synth_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def postgres_url():
+def postgres_server():
     """A real PostgreSQL server for the session. Skipped where PostgreSQL is not installed,
     except in CI (``CI`` set: `.ci/run` installs it), where its absence fails."""
     import os
@@ -117,5 +117,12 @@ def postgres_url():
             pytest.fail(msg)
         pytest.skip(msg)
     server = Server(bindir).start()
-    yield server.url
+    yield server
     server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request):
+    """An empty database of its own on the session's server, for one test: no test sees another's
+    studies (two tests may use the same study name), and each sets up a new Optuna schema."""
+    return postgres_server.create_database(request.node.name)

@@ -57,6 +57,17 @@ class Server:
         )  # fmt: skip
         return self
 
+    def create_database(self, name: str) -> str:
+        """A new empty database named after ``name`` (made unique); its URL."""
+        import psycopg
+
+        self.created = getattr(self, "created", 0) + 1
+        db = f"t{self.created}_" + "".join(c if c.isalnum() else "_" for c in name.lower())[:40]
+        # autocommit: CREATE DATABASE cannot run inside a transaction
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{db}"')
+        return self.url.rsplit("/", 1)[0] + f"/{db}"
+
     def stop(self) -> None:
         try:
             self._run(str(self.bindir / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate",
