@@ -36,27 +36,15 @@ def task_loss(
     target: torch.Tensor,
     valid: torch.Tensor,
     kind: str,
-    *,
-    gamma: float = 2.0,
-    alpha: float = 0.75,
-    label_smoothing: float = 0.0,
-    class_weights: torch.Tensor | None = None,
-    pos_weight: torch.Tensor | None = None,
+    **settings: object,
 ) -> torch.Tensor:
-    """One task's loss over the valid frames of a batch; 0 (with a graph) if there are none."""
+    """One task's loss over the valid frames of a batch; 0 (with a graph) if there are none.
+    ``settings``: the model's loss settings (``gamma``, ``alpha``, ``label_smoothing``,
+    ``class_weights``, ``pos_weight``), passed to ``Task.loss``, which reads those it has."""
     spec = get_task(task)
     if kind not in spec.losses:
         raise ConfigError(f"{task} loss must be one of {spec.losses}, got {kind!r}")
     raw, target = raw[valid].float(), target[valid].float()
     if raw.shape[0] == 0:
         return raw.sum() * 0.0
-    return spec.loss(
-        raw,
-        target,
-        kind,
-        gamma=gamma,
-        alpha=alpha,
-        label_smoothing=label_smoothing,
-        class_weights=class_weights,
-        pos_weight=pos_weight,
-    )
+    return spec.loss(raw, target, kind, **settings)
