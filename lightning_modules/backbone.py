@@ -2,7 +2,12 @@
 
 It exposes the multi-level feature maps of timm's ``features_only`` mode (the taps the Mixer heads
 read) and a pooled per-frame vector (global average of the last tap) for the other heads.
-Weights are never downloaded: ``pretrained`` is None (random init) or a local checkpoint file.
+
+``pretrained`` is None (random init), ``timm`` (timm's published weights of the backbone's default
+tag) or a timm tag (``mobilenetv4_conv_small.e2400_r224_in1k``), loaded through timm and the
+Hugging Face hub cache (downloaded when online, read from the cache when ``HF_HUB_OFFLINE=1``), or
+a local checkpoint file (a timm/ImageNet state dict, an AffectNet one, a stage-1 or any checkpoint
+of this project). The normalisation follows the weights: a tag's own mean and std.
 """
 
 from __future__ import annotations
@@ -72,14 +77,62 @@ def check_backbone(name: str) -> None:
         )
 
 
-def backbone_norm(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) of the backbone's own timm config, read without building the model."""
+TIMM = "timm"  # ``pretrained: timm``: timm's published weights of the backbone's default tag
+
+
+def timm_tag(name: str, pretrained: str | bool | None) -> str | None:
+    """The timm weights ``pretrained`` asks for, as ``arch.tag``; None when it names none (random
+    init, or a local file). ``timm`` (or true) is the backbone's default tag; a tag must be of
+    this backbone and one timm publishes weights for."""
+    if pretrained is True or str(pretrained).lower() in (TIMM, "true"):
+        cfg = timm.models.get_pretrained_cfg(name)
+        if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
+            tags = timm.list_pretrained(f"{name}.*")
+            raise ConfigError(
+                f"timm publishes no weights for {name}"
+                + (f"; its tags: {', '.join(tags)}" if tags else "; pick a backbone that has some")
+            )
+        return f"{name}.{cfg.tag}"
+    if not isinstance(pretrained, str) or "." not in pretrained or Path(pretrained).exists():
+        return None
+    if pretrained not in timm.list_pretrained(pretrained):
+        return None  # a path with a dot in it: the file reader says it does not exist
+    if pretrained.split(".")[0] != name:
+        raise ConfigError(f"pretrained {pretrained} are weights of another backbone than {name}")
+    return pretrained
+
+
+def backbone_norm(
+    name: str, pretrained: str | bool | None = None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of the weights' own timm config (a tag's, else the backbone's default one),
+    as timm resolves it, read without building the model."""
     check_backbone(name)
-    cfg = timm.models.get_pretrained_cfg(name) or {}
-    cfg = cfg if isinstance(cfg, dict) else cfg.to_dict()
-    return tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(
-        cfg.get("std", (0.229, 0.224, 0.225))
-    )
+    cfg = timm.models.get_pretrained_cfg(timm_tag(name, pretrained) or name)
+    data = timm.data.resolve_data_config(pretrained_cfg=cfg.to_dict() if cfg else {})
+    return tuple(data["mean"]), tuple(data["std"])
+
+
+def hub_cache() -> str:
+    """The Hugging Face hub cache timm reads weights from (``HF_HOME``/hub, or ``HF_HUB_CACHE``)."""
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def create_timm_features(tag: str, taps: tuple[int, ...]) -> nn.Module:
+    """timm's ``features_only`` model of ``tag`` with its published weights, through the hub
+    cache; a one-line error naming the weights and the cache when they are in neither the cache
+    nor reachable (offline)."""
+    try:
+        return timm.create_model(tag, pretrained=True, features_only=True, out_indices=taps)
+    except Exception as e:  # hub errors differ by version and transport (httpx, offline, HTTP)
+        reason = (str(e).strip().splitlines() or [""])[0][:160]
+        raise ConfigError(
+            f"timm weights {tag} are not in the Hugging Face cache {hub_cache()} and could not be "
+            f"downloaded ({type(e).__name__}: {reason}); run once online, or set HF_HOME to a "
+            f"cache holding models--timm--{tag}"
+        ) from None
 
 
 def load_file(path: str | Path, what: str = "checkpoint") -> object:
@@ -88,7 +141,12 @@ def load_file(path: str | Path, what: str = "checkpoint") -> object:
     an error of one line naming it. ``what`` names the setting in the message."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} does not exist (weights are never downloaded)")
+        hint = (
+            " (nor timm weights: 'timm', or a tag such as mobilenetv4_conv_small.e2400_r224_in1k)"
+        )
+        raise FileNotFoundError(
+            f"{what} {path} does not exist" + (hint if what == "pretrained" else "")
+        )
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file as load_safetensors
@@ -162,8 +220,10 @@ class FrameEncoder(nn.Module):
         taps: feature levels to expose (timm ``out_indices``); the default (2, 3, 4) is strides
             8, 16 and 32, the seed paper's three taps.
         img_size: input size, used to work out each tap's spatial size.
-        pretrained: None, or a local checkpoint (timm/ImageNet, AffectNet, or this project's).
-        freeze: ``none``, ``stem``, ``all_but_last`` (train only the last stage) or ``all``.
+        pretrained: None, ``timm``, a timm tag, or a local checkpoint (timm/ImageNet, AffectNet,
+            stage 1, or this project's).
+        freeze: ``none``, ``stem``, ``all_but_last`` (train only the last stage) or ``all``;
+            None: ``stem`` with weights, ``none`` without (a random stem is never frozen).
     """
 
     def __init__(
@@ -171,17 +231,26 @@ class FrameEncoder(nn.Module):
         name: str,
         taps: tuple[int, ...] = (2, 3, 4),
         img_size: int = 112,
-        pretrained: str | None = None,
-        freeze: str = "stem",
+        pretrained: str | bool | None = None,
+        freeze: str | None = None,
     ):
         super().__init__()
         check_backbone(name)
+        if pretrained is False or pretrained in ("", "none", "false"):
+            pretrained = None
+        freeze = freeze or ("stem" if pretrained else "none")
         if freeze not in FREEZE_MODES:
             raise ConfigError(f"freeze must be one of {FREEZE_MODES}, got {freeze!r}")
-        self.name = name
-        self.model = timm.create_model(name, pretrained=False, features_only=True, out_indices=taps)
+        self.name, self.freeze = name, freeze
+        tag = timm_tag(name, pretrained) if pretrained else None
         self.unused_checkpoint_keys: list[str] = []
-        if pretrained:
+        if tag:
+            self.model = create_timm_features(tag, taps)
+        else:
+            self.model = timm.create_model(
+                name, pretrained=False, features_only=True, out_indices=taps
+            )
+        if pretrained and not tag:
             state, self.unused_checkpoint_keys = match_state_dict(
                 read_state_dict(pretrained, "pretrained"), self.model.state_dict(), str(pretrained)
             )

@@ -39,12 +39,22 @@ CKPT_NAMES = ("last", "best", "hpc")
 
 
 # An unknown backbone is left for the model to reject, in one line; a link would wrap the error.
-def _mean(backbone: str) -> tuple[float, ...]:
-    return backbone_norm(backbone)[0] if timm.is_model(backbone) else IMAGENET_MEAN
+# The normalisation follows the weights: a timm tag's own (pretrained, or a checkpoint's init_from).
+def _norm(backbone: str, pretrained: str | bool | None, init_from: str | None) -> tuple:
+    if timm.is_model(backbone):
+        try:
+            return backbone_norm(backbone, pretrained or init_from)
+        except ConfigError:  # weights of another backbone, or none published: the model says so
+            pass
+    return IMAGENET_MEAN, IMAGENET_STD
 
 
-def _std(backbone: str) -> tuple[float, ...]:
-    return backbone_norm(backbone)[1] if timm.is_model(backbone) else IMAGENET_STD
+def _mean(*weights: object) -> tuple[float, ...]:
+    return _norm(*weights)[0]
+
+
+def _std(*weights: object) -> tuple[float, ...]:
+    return _norm(*weights)[1]
 
 
 def _same(name: str, a: object, b: object) -> bool:
@@ -79,8 +89,9 @@ class AffbenchCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         for name in ("tasks", "seq_len", "img_size"):
             parser.link_arguments(f"model.{name}", f"data.{name}")
-        parser.link_arguments("model.backbone", "data.mean", compute_fn=_mean)
-        parser.link_arguments("model.backbone", "data.std", compute_fn=_std)
+        weights = ("model.backbone", "model.pretrained", "model.init_from")
+        parser.link_arguments(weights, "data.mean", compute_fn=_mean)
+        parser.link_arguments(weights, "data.std", compute_fn=_std)
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {

@@ -79,13 +79,26 @@ class Interrupted(KeyboardInterrupt):
 
 
 # The signal that stops this process's work (set by the grid and sweep workers' handlers); a
-# SIGTERM that came between Lightning's loops stops train_and_score at its next step.
-STOP: dict = {"signal": None}
+# SIGTERM that came between Lightning's loops stops train_and_score at its next step. "missed":
+# a handler's Interrupted that landed where Python cannot raise (a weakref callback, a __del__:
+# it prints "Exception ignored" and goes on), raised again at the next batch.
+STOP: dict = {"signal": None, "missed": None}
 
 
 def check_stop() -> None:
     if STOP["signal"] is not None:
         raise KeyboardInterrupt
+
+
+class _RaiseMissedSignal(L.Callback):
+    """Raise, at the end of the next batch, a signal's Interrupted that was swallowed."""
+
+    def _check(self, *_: object) -> None:
+        if STOP.get("missed") is not None:
+            signum, STOP["missed"] = STOP["missed"], None
+            raise Interrupted(signum)
+
+    on_train_batch_end = on_validation_batch_end = on_test_batch_end = _check
 
 
 def signal_of(e: BaseException) -> int:
@@ -289,7 +302,7 @@ def train_and_score(
     on_sigterm = _SaveOnSigterm(ckpt_dir / "interrupted.ckpt")
     trainer = L.Trainer(
         logger=logger,
-        callbacks=[ckpt, on_sigterm, *(callbacks or [])],
+        callbacks=[ckpt, on_sigterm, _RaiseMissedSignal(), *(callbacks or [])],
         default_root_dir=folder,
         **trainer_kwargs(settings),
     )

@@ -25,8 +25,11 @@ from lightning_modules.scoring import FramePredictions, metric_key, score_split
 
 class AffectModule(L.LightningModule):
     """Args (all plain values):
-    backbone: a timm model name. pretrained: None or a local checkpoint file.
-    freeze: none | stem | all_but_last | all. head: a registered head name; head_kwargs its
+    backbone: a timm model name. pretrained: None, ``timm`` (timm's published weights, through
+    the Hugging Face hub cache), a timm tag (``mobilenetv4_conv_small.e2400_r224_in1k``), or a
+    local checkpoint file (a stage-1 checkpoint of ``affbench pretrain`` among them).
+    freeze: none | stem | all_but_last | all; None: stem with weights, none without.
+    head: a registered head name; head_kwargs its
     settings (e.g. ``{"levels": 2, "token_mixer": "factorized"}``).
     tasks: any registered tasks, e.g. va, expr, au, emi (``"va,au"`` or a list); one output
     layer each, of the task's width; multi-task losses are summed with ``task_weights``.
@@ -51,8 +54,8 @@ class AffectModule(L.LightningModule):
         tasks: list[str] | str = "va",
         seq_len: int = 32,
         img_size: int = 112,
-        pretrained: str | None = None,
-        freeze: str = "stem",
+        pretrained: str | bool | None = None,
+        freeze: str | None = None,
         dropout: float = 0.3,
         va_loss: str = "ccc",
         expr_loss: str = "focal",
@@ -94,7 +97,9 @@ class AffectModule(L.LightningModule):
         self.outputs = nn.ModuleDict(
             {t: nn.Linear(self.head.out_dim, get_task(t).outputs) for t in self.tasks}
         )
-        self.mean, self.std = backbone_norm(backbone)  # what the datamodule must normalise with
+        # what the datamodule must normalise with: the weights' own (a timm tag's mean and std;
+        # a checkpoint records its initial weights in init_from, so its tag still counts)
+        self.mean, self.std = backbone_norm(backbone, pretrained or init_from)
         for name, values, n in (
             ("expr_class_weights", expr_class_weights, get_task("expr").outputs),
             ("au_pos_weight", au_pos_weight, get_task("au").outputs),
@@ -217,3 +222,5 @@ class AffectModule(L.LightningModule):
         hp = checkpoint.get("hyper_parameters", {})
         if hp.get("pretrained"):
             hp["init_from"], hp["pretrained"] = hp["pretrained"], None
+            # freeze as the weights resolved it (stem): without them it would resolve to none
+            hp["freeze"] = self.encoder.freeze

@@ -29,6 +29,7 @@ import logging
 import multiprocessing as mp
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -122,14 +123,26 @@ def signals_to(handler: Callable = _on_signal):
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    STOP["signal"], _live["signals"] = None, ()
+    STOP["signal"], STOP["missed"], _live["signals"] = None, None, ()
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    hook = sys.unraisablehook
+
+    def unraisable(u) -> None:
+        # the handler raised inside a weakref callback or a __del__, which Python cannot raise
+        # from: no "Exception ignored" traceback; the trainer raises it at the next batch end
+        if isinstance(u.exc_value, Interrupted):
+            STOP["missed"] = u.exc_value.signum
+        else:
+            hook(u)
+
+    sys.unraisablehook = unraisable
     try:
         yield
     finally:
+        sys.unraisablehook = hook
         for s, h in previous.items():
             signal.signal(s, signal.SIG_DFL if h is None else h)
-        STOP["signal"], _live["signals"] = None, ()
+        STOP["signal"], STOP["missed"], _live["signals"] = None, None, ()
 
 
 def failures(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:

@@ -129,7 +129,7 @@ def test_files_that_are_not_checkpoints_are_one_line_errors(ckpts, synth_root, t
     # checkpoint around them, a weights-only checkpoint to resume from
     missing = tmp_path / "best.ckpt"
     assert _main_error(["test", *base, f"--ckpt_path={missing}"], capsys) == (
-        f"affbench: error: --ckpt_path {missing} does not exist (weights are never downloaded)"
+        f"affbench: error: --ckpt_path {missing} does not exist"
     )
     plain = tmp_path / "plain.pth"
     torch.save(AffectModule(backbone=TINY, head="frame", seq_len=8).state_dict(), plain)

@@ -11,7 +11,7 @@ import yaml
 
 from core.errors import ConfigError
 from datamodules.tasks import parse_tasks
-from lightning_modules.backbone import is_backbone, list_backbones
+from lightning_modules.backbone import is_backbone, list_backbones, timm_tag
 from lightning_modules.heads import list_heads
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,6 +21,7 @@ CONFIGS = sorted(
     for p in (ROOT / folder).glob("*.yaml")
 )
 NAMED = ("model.head", "model.backbone", "model.tasks")  # the settings that name something
+WEIGHTS = "model.pretrained"
 
 
 def named_values(cfg: dict) -> list[tuple[str, str, object]]:
@@ -40,7 +41,7 @@ def named_values(cfg: dict) -> list[tuple[str, str, object]]:
         for setting, cond in (entry.get("when") or {}).items():
             for v in cond if isinstance(cond, list) else [cond]:
                 found.append((f"space.{name}.when", setting, v))
-    return [(where, setting, v) for where, setting, v in found if setting in NAMED]
+    return [(where, setting, v) for where, setting, v in found if setting in (*NAMED, WEIGHTS)]
 
 
 def name_problems(path: Path) -> list[str]:
@@ -56,6 +57,13 @@ def name_problems(path: Path) -> list[str]:
         elif setting == "model.tasks":
             try:
                 parse_tasks(value)
+            except ConfigError as e:
+                problems.append(f"{path.name}: {where}: {e}")
+    if any(s == WEIGHTS and v == "timm" for _, s, v in values):  # each backbone's published ones
+        for where, setting, value in values:
+            try:
+                if setting == "model.backbone" and is_backbone(value):
+                    timm_tag(value, "timm")
             except ConfigError as e:
                 problems.append(f"{path.name}: {where}: {e}")
     for setting in NAMED:
@@ -89,6 +97,15 @@ def test_an_unknown_head_backbone_or_task_is_caught(tmp_path):
     )
     with pytest.raises(AssertionError):  # the shipped files' test fails on it
         test_shipped_config_names_only_what_exists(bad)
+    timm = tmp_path / "timm.yaml"  # the tests' narrow Conv-S has no published weights
+    timm.write_text(
+        "base: {model: {backbone: mobilenetv4_conv_small, head: frame, tasks: va, "
+        "pretrained: timm}}\ngrid: {model.backbone: [resnet18, mobilenetv4_conv_small_035]}\n"
+    )
+    assert name_problems(timm) == [
+        "timm.yaml: grid.model.backbone: timm publishes no weights for mobilenetv4_conv_small_035; "
+        "pick a backbone that has some"
+    ]
     problems = name_problems(bad)
     assert problems == [
         "bad.yaml: base.model.backbone: 'mobilenetv4_conv_smol' is not a timm model",

@@ -113,7 +113,7 @@ def test_local_checkpoints_load_or_fail_naming_keys(tmp_path):
     torch.save(bad, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match=r"conv_stem\.weight \(8, 3, 3, 3\) != \(32, 3, 3, 3\)"):
         FrameEncoder(TINY, pretrained=str(tmp_path / "bad.pth"))
-    with pytest.raises(FileNotFoundError, match="never downloaded"):
+    with pytest.raises(FileNotFoundError, match="does not exist .nor timm weights"):
         FrameEncoder(TINY, pretrained=str(tmp_path / "nope.pth"))
 
 

@@ -507,6 +507,7 @@ def test_a_signal_between_ask_and_the_trial_fails_that_trial(tmp_path, monkeypat
     url = f"sqlite:///{tmp_path / 's.db'}"
     create_study(cfg, url, "s")
     ask = optuna.study.Study.ask
+    before = signal.getsignal(signal.SIGINT)
 
     def ask_then_ctrl_c(self, *args, **kw):
         trial = ask(self, *args, **kw)
@@ -524,7 +525,7 @@ def test_a_signal_between_ask_and_the_trial_fails_that_trial(tmp_path, monkeypat
     assert trials[1].system_attrs["failed_trial"] == 0
     assert getattr(e.value, "signum", None) == signal.SIGINT
     assert not attempted  # the trial never started
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert signal.getsignal(signal.SIGINT) is before  # restored (SIG_IGN under a background job)
 
 
 def test_waiting_for_a_dead_workers_trial_says_so(tmp_path, monkeypatch, capsys):
@@ -692,3 +693,29 @@ def test_sigterm_stops_the_sweep_like_ctrl_c(synth_root, tmp_path):
     for t in trials:
         if t.state == TrialState.COMPLETE and "failed_trial" in t.system_attrs:
             assert t.params == trials[t.system_attrs["failed_trial"]].params
+
+
+def test_a_signal_python_swallows_is_raised_at_the_next_batch(capsys):
+    """A handler's Interrupted that lands in a __del__ or a weakref callback is swallowed by
+    Python ("Exception ignored in ..."): the engine keeps it, prints no traceback, and the
+    trainer's callback raises it at the end of the next batch."""
+    from lightning_modules.experiment import STOP, Interrupted, _RaiseMissedSignal
+    from sweeps.engine import signals_to
+
+    class RaisesWhenCollected:
+        def __del__(self):
+            raise Interrupted(signal.SIGTERM)
+
+    callback = _RaiseMissedSignal()
+    hook = sys.unraisablehook
+    with signals_to():
+        callback.on_train_batch_end()  # nothing missed: nothing raised
+        obj = RaisesWhenCollected()
+        del obj  # Python calls sys.unraisablehook with the Interrupted
+        assert STOP["missed"] == signal.SIGTERM
+        with pytest.raises(Interrupted) as e:
+            callback.on_validation_batch_end()
+        assert e.value.signum == signal.SIGTERM and STOP["missed"] is None
+        callback.on_train_batch_end()  # raised once only
+    assert "Exception ignored" not in capsys.readouterr().err
+    assert sys.unraisablehook is hook  # outside the engine, the hook it found
