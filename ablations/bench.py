@@ -77,3 +77,72 @@ def bench_grid(
     for row in rows:
         row.update(config=Path(config).name, overhead_model=str(head), threads=cpu)
     return rows
+
+
+def bench_stage1(
+    config: str = "ablations/configs/quickstart.yaml",
+    heads: tuple[str, ...] = ("frame", "gru", "mixer3"),
+    seeds: tuple[int, ...] = (0, 1, 2),
+    stills: str | Path = "data/affectnet_synth",
+    epochs: int = 10,
+    root: str | Path = "bench/stage1",
+) -> list[dict]:
+    """``affbench bench-stage1``: what stage 1 buys. Stage 1 on the synthetic stills (written
+    if absent), then the grid's heads x seeds at the grid's own budget twice, from random
+    weights and from the stage-1 encoder, all else equal (``freeze`` as the grid sets it); val
+    VA CCC per head, mean and std over the seeds. And the training throughput of stage 1
+    (images/s) beside the video side's (frames/s, the ``frame`` head) for the same backbone."""
+    import pandas as pd
+
+    from lightning_modules.pretrain import pretrain
+
+    root = fresh(Path(root), "")
+    cfg = load_grid(config)
+    base = cfg["base"]
+    if not Path(stills).exists():
+        from datamodules.synth_stills import generate_affectnet
+
+        generate_affectnet(stills)
+    arch = {k: base["model"][k] for k in ("backbone", "img_size") if k in base["model"]}
+    stage1 = {"model": arch, "data": {"root": str(stills)}, "trainer": {"max_epochs": epochs}}
+    with fresh_cost_cache(), environ(WANDB_SILENT="true"):
+        s1 = pretrain(stage1, root / "pretrain", mode="disabled")
+        frames = {}
+        for start, weights in (("random", None), ("stage 1", s1["encoder"])):
+            grid = copy.deepcopy(cfg)
+            grid["name"] = "random" if weights is None else "stage1"
+            grid["grid"] = {"model.head": list(heads), "seed": list(seeds)}
+            if weights is not None:
+                grid["base"]["model"]["pretrained"] = weights
+            frames[start] = run_grid(grid, root, wandb_disabled=True)
+    rows = []
+    for head in heads:
+        for start, df in frames.items():
+            ccc = df[df["model.head"] == head]["val/va_ccc"].astype(float)
+            rows.append(
+                {
+                    "head": head,
+                    "start": start,
+                    "val_va_ccc_mean": round(ccc.mean(), 3),
+                    "val_va_ccc_std": round(ccc.std(ddof=1), 3),
+                    "seeds": len(ccc),
+                }
+            )
+    video = frames["random"]
+    video = video[video["model.head"] == "frame"]["train_frames_per_s"].astype(float)
+    batch = base.get("data", {}).get("batch_size", 8)
+    rows += [
+        {
+            "head": "(throughput)",
+            "start": f"stage 1: stills, batch {s1['settings']['data']['batch_size']}",
+            "train_frames_per_s": s1["train_frames_per_s"],
+            "stage1_val_expr_f1": round(s1["val/expr_f1"], 3),
+            "stage1_val_va_ccc": round(s1["val/va_ccc"], 3),
+        },
+        {
+            "head": "(throughput)",
+            "start": f"video: frame head, batch {batch} x T {base['model'].get('seq_len')}",
+            "train_frames_per_s": round(float(pd.Series(video).mean()), 1),
+        },
+    ]
+    return rows

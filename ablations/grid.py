@@ -19,16 +19,15 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
-import hashlib
 import inspect
 import itertools
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
 from core.errors import ConfigError
+from core.keys import settings_key
 from sweeps.storage import HEARTBEAT
 
 
@@ -150,11 +149,15 @@ def load_grid(path: str | Path) -> dict:
     if not isinstance(cfg, dict):
         fail((), "expected a mapping with name, description, base and grid")
     for k in cfg:
-        if k not in ("name", "description", "base", "grid", "heartbeat"):
+        if k not in ("name", "description", "base", "grid", "heartbeat", "pretrain"):
             fail(
                 (k,),
-                f"unknown key {k!r}; grid files have name, description, base, grid and heartbeat",
+                f"unknown key {k!r}; grid files have name, description, base, grid, heartbeat "
+                "and pretrain",
             )
+    if "pretrain" in cfg:  # stage 1: settings as base's, run once before the grid
+        cfg["pretrain"] = cfg["pretrain"] or {}
+        check_base(cfg["pretrain"], lambda where, msg: fail(("pretrain", *where[1:]), msg))
     beat = cfg.get("heartbeat") or {}
     if not isinstance(beat, dict) or not all(
         k in ("interval", "grace") and isinstance(v, int | float) and v > 0 for k, v in beat.items()
@@ -195,8 +198,7 @@ def set_path(tree: dict, dotted: str, value) -> None:
     tree[leaf] = value
 
 
-def run_key(settings: dict) -> str:
-    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+run_key = settings_key  # a combination's key: the hash of its settings
 
 
 def expand(cfg: dict) -> list[dict]:

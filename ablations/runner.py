@@ -330,10 +330,11 @@ def _take_in(study: optuna.Study, df: pd.DataFrame) -> None:
         study.add_trial(optuna.trial.create_trial(state=state, value=value, user_attrs=attrs))
 
 
-def check_runs(runs: list[dict]) -> None:
+def check_runs(runs: list[dict], pending: str | None = None) -> None:
     """Check every combination before the first trains: the data root is there, and each
     distinct model and data setting builds (heads, backbones, T against the Mixer's tubelets,
-    strides, ...). All problems are one ConfigError, so a grid never fails one run at a time."""
+    strides, ...). All problems are one ConfigError, so a grid never fails one run at a time.
+    ``pending``: the stage-1 encoder file that is yet to be written (built without it)."""
     from datamodules.index import find_annotations_dir
 
     problems: dict[str, dict[str, None]] = {}  # message -> run names
@@ -358,6 +359,8 @@ def check_runs(runs: list[dict]) -> None:
             )[run_name(r["settings"])] = None
             bad_keys.add(r["key"])
         model, data = r["settings"].get("model", {}), r["settings"].get("data", {})
+        if pending is not None and model.get("pretrained") == pending:
+            model = {k: v for k, v in model.items() if k != "pretrained"}
         root = data.get("root", "data/synthetic")
         found = (
             check(
@@ -403,16 +406,24 @@ def run_grid(
     that another process runs are left to it. SIGTERM or Ctrl-C stop the grid after recording
     the running combinations as ``interrupted`` (they resume from their checkpoint next time)
     and raise :class:`Interrupted`."""
+    stage1, encoder = None, None
+    if "pretrain" in cfg:  # a two-stage grid: every combination starts from its stage 1
+        cfg, stage1, encoder = with_stage1(cfg, results_root)
     runs = expand(cfg)
     folder = Path(results_root) / cfg["name"]
     store = ResultsStore(folder)
     if dry_run:
+        if stage1 is not None:
+            state = "done" if Path(encoder).exists() else "to run first"
+            print(f"stage 1 ({state}): {run_name(stage1)} on {stage1['data']['root']} -> {encoder}")
         return _dry_run(runs, store)
     skip = ("done",) if retry_failed else ("done", "failed")
     known = store.status()  # this folder's last view of the grid: check before any file is made
-    check_runs([r for r in runs if known.get(r["key"]) not in skip])
+    check_runs([r for r in runs if known.get(r["key"]) not in skip], pending=encoder)
     url = storage or default_storage(folder)
     study = open_grid(cfg, url, store)
+    if stage1 is not None:
+        run_stage1(study, stage1, encoder, results_root, wandb_mode(wandb_disabled))
     if retry_failed and (failed := queue_retries(study, url)):
         names = ", ".join(t.user_attrs.get("run") or f"trial {t.number}" for t in failed)
         print(f"retrying failed combination(s): {names}")
@@ -437,6 +448,59 @@ def run_grid(
     if interrupted is not None:
         raise interrupted
     return df
+
+
+def with_stage1(cfg: dict, results_root: str | Path) -> tuple[dict, dict, str]:
+    """A two-stage grid: its ``pretrain`` settings over the base's backbone and input size (the
+    stage-1 defaults below those), and the grid with ``base.model.pretrained`` set to the
+    encoder that stage 1 writes (or wrote) under ``<results>/pretrain/<key>/``."""
+    from lightning_modules.pretrain import encoder_path, grid_stage1
+
+    base = cfg["base"].get("model", {})
+    if base.get("pretrained"):
+        raise ConfigError(
+            f"grid {cfg['name']}: base.model.pretrained ({base['pretrained']}) and a pretrain: "
+            "section both say where the weights come from; keep one"
+        )
+    stage1 = grid_stage1(cfg)
+    encoder = str(encoder_path(stage1, Path(results_root) / "pretrain"))
+    out = json.loads(json.dumps(cfg))
+    out["base"].setdefault("model", {})["pretrained"] = encoder
+    return out, stage1, encoder
+
+
+def run_stage1(study: optuna.Study, stage1: dict, encoder: str, results_root, mode: str) -> None:
+    """Stage 1 of a two-stage grid, once: trained here unless its encoder is there already,
+    and its SHA-256 recorded in the study, so that a worker on another machine whose stage 1
+    differs (or is missing) stops instead of mixing two starting points in one table."""
+    import hashlib
+
+    from lightning_modules.pretrain import pretrain
+
+    recorded = study.user_attrs.get("stage1_sha256")
+    if recorded and not Path(encoder).exists():
+        raise ConfigError(
+            f"this grid's stage 1 was run on {study.user_attrs.get('stage1_host')}: copy its "
+            f"encoder to {encoder} (SHA-256 {recorded[:12]}...) so every combination starts "
+            "from the same weights"
+        )
+    if not Path(encoder).exists():
+        print(f"stage 1: {run_name(stage1)} on {stage1['data']['root']}")
+        row = pretrain(stage1, Path(results_root) / "pretrain", mode)
+        print(
+            f"stage 1 done: val/expr_f1 {row.get('val/expr_f1', float('nan')):.3f}, val/va_ccc "
+            f"{row.get('val/va_ccc', float('nan')):.3f}; encoder {row['encoder']}"
+        )
+    sha = hashlib.sha256(Path(encoder).read_bytes()).hexdigest()
+    if recorded is None:
+        study.set_user_attr("stage1_sha256", sha)
+        study.set_user_attr("stage1_host", socket.gethostname())
+    elif recorded != sha:
+        raise ConfigError(
+            f"the stage-1 encoder {encoder} is not the one this grid started from (SHA-256 "
+            f"{sha[:12]}... against {recorded[:12]}... from {study.user_attrs.get('stage1_host')})"
+            ": copy that machine's file here, or start a new grid"
+        )
 
 
 def _dry_run(runs: list[dict], store: ResultsStore) -> pd.DataFrame:

@@ -1,7 +1,7 @@
 """``affbench``: the suite's one command: ``data`` (synth, info, benchmarks), ``fit``,
-``validate``, ``test``, ``predict`` (a LightningCLI), ``profile``, ``ablate``, ``table``,
-``sweep``, ``frontier``, ``bench-learning``, ``bench-efficiency``, ``bench-sweep`` and
-``bench-grid``."""
+``validate``, ``test``, ``predict`` (a LightningCLI), ``pretrain`` (stage 1), ``profile``,
+``ablate``, ``table``, ``sweep``, ``frontier``, ``bench-learning``, ``bench-efficiency``,
+``bench-sweep`` and ``bench-grid``."""
 
 from __future__ import annotations
 
@@ -18,19 +18,41 @@ from core.paths import RESULTS, STUDIES
 
 
 def _data_synth(args: argparse.Namespace) -> None:
+    if args.layout == "affectnet":
+        return _data_synth_stills(args)
     from datamodules.info import dataset_info, format_info
     from datamodules.synth import generate
 
+    out = args.out or "data/synthetic"
     t0 = time.perf_counter()
     done = generate(
-        args.out, videos=args.videos, frames=args.frames, seed=args.seed, workers=args.workers
+        out, videos=args.videos, frames=args.frames, seed=args.seed, workers=args.workers
     )
     seconds = time.perf_counter() - t0
     n = sum(d["frames"] for d in done)
-    print(
-        f"wrote {len(done)} videos, {n} frames to {args.out} in {seconds:.1f} s (seed {args.seed})"
+    print(f"wrote {len(done)} videos, {n} frames to {out} in {seconds:.1f} s (seed {args.seed})")
+    print(format_info(dataset_info(out)))
+
+
+def _data_synth_stills(args: argparse.Namespace) -> None:
+    from datamodules.synth_stills import DEFAULT_OUT, generate_affectnet
+
+    out = args.out or DEFAULT_OUT
+    t0 = time.perf_counter()
+    done = generate_affectnet(
+        out, images=args.images, val_images=args.val_images, seed=args.seed, workers=args.workers
     )
-    print(format_info(dataset_info(args.out)))
+    seconds = time.perf_counter() - t0
+    print(
+        f"wrote {done['images']} still images (AffectNet file lists) to {out} in {seconds:.1f} s "
+        f"(seed {args.seed})"
+    )
+    for split, n in done["splits"].items():
+        classes = ", ".join(f"{name} {k}" for name, k in n["expr"].items())
+        print(
+            f"  {split}: {n['images']} images; expr: {classes}, none {n['no_expr']}; "
+            f"va {n['va']}; unlabelled {n['unlabelled']}"
+        )
 
 
 def _data_info(args: argparse.Namespace) -> None:
@@ -145,16 +167,49 @@ def _base_settings(cfg: dict, args: argparse.Namespace, synth: bool = True) -> N
     for a in sets:
         if "=" not in a:
             raise SystemExit(f"affbench: error: --set expects key=value, got {a!r}")
-    check_overrides(cfg, [a.partition("=")[0] for a in sets])
+    stage1 = "pretrain" in cfg  # a two-stage grid: pretrain.<setting> sets its stage 1
+    keys = [a.partition("=")[0] for a in sets]
+    check_overrides(cfg, [k.removeprefix("pretrain.") if stage1 else k for k in keys])
     for a in sets:
         key, _, value = a.partition("=")
-        set_path(cfg["base"], key, yaml.safe_load(value))
+        if stage1 and key.startswith("pretrain."):
+            set_path(cfg["pretrain"], key.removeprefix("pretrain."), yaml.safe_load(value))
+        else:
+            set_path(cfg["base"], key, yaml.safe_load(value))
     root = cfg["base"].get("data", {}).get("root", "data/synthetic")
     if synth and args.synth_if_missing and not Path(root).exists():
         from datamodules.synth import generate
 
         print(f"no data at {root}: writing the synthetic dataset there first")
         generate(root)
+
+
+def _pretrain(args: argparse.Namespace) -> None:
+    import yaml
+
+    from lightning_modules.experiment import wandb_mode
+    from lightning_modules.pretrain import grid_stage1, pretrain, stage1_settings
+
+    given = (yaml.safe_load(Path(args.config).read_text()) or {}) if args.config else {}
+    # a two-stage grid file: its stage 1, the very one the grid runs (the same key)
+    settings = grid_stage1(given) if "pretrain" in given else stage1_settings(given)
+    cfg = {"name": "pretrain", "base": settings}
+    _base_settings(cfg, args, synth=False)
+    root = cfg["base"]["data"]["root"]
+    if args.synth_if_missing and not Path(root).exists():
+        from datamodules.synth_stills import generate_affectnet
+
+        print(f"no data at {root}: writing synthetic still faces there first (AffectNet layout)")
+        generate_affectnet(root)
+    row = pretrain(cfg["base"], Path(args.results) / "pretrain", wandb_mode(args.no_wandb))
+    print(
+        f"stage 1 {row['key']}: val/expr_f1 {row.get('val/expr_f1', float('nan')):.3f}, "
+        f"val/va_ccc {row.get('val/va_ccc', float('nan')):.3f}, "
+        f"{row.get('train_frames_per_s')} images/s in training\n"
+        f"encoder: {row['encoder']}\n"
+        f"start from it: --model.pretrained {row['encoder']} (fit), or base.model.pretrained in "
+        "a grid or sweep file (a grid's pretrain: section runs this step itself)"
+    )
 
 
 def _ablate(args: argparse.Namespace) -> None:
@@ -314,6 +369,14 @@ def _bench_grid(args: argparse.Namespace) -> None:
     _print_rows(bench_grid(args.config, args.repeats, args.rounds), args.format)
 
 
+def _bench_stage1(args: argparse.Namespace) -> None:
+    from ablations.bench import bench_stage1
+
+    rows = bench_stage1(args.config, tuple(args.heads.split(",")), tuple(range(args.seeds)),
+                        args.stills, args.epochs)  # fmt: skip
+    _print_rows(rows, args.format)
+
+
 def _column(df, name: str) -> str:
     for c in (name, f"model.{name}", f"data.{name}", f"val/{name}"):
         if c in df.columns:
@@ -379,14 +442,24 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="generate, inspect and benchmark ABAW-format data")
     dsub = data.add_subparsers(dest="data_command", required=True)
 
-    p = dsub.add_parser("synth", help="write a synthetic dataset in the ABAW layout")
-    p.add_argument("--out", default="data/synthetic")
+    p = dsub.add_parser("synth", help="write a synthetic dataset (ABAW or AffectNet layout)")
+    p.add_argument(
+        "--layout",
+        choices=["abaw", "affectnet"],
+        default="abaw",
+        help="abaw: videos (Aff-Wild2); affectnet: still faces in AffectNet's file lists",
+    )
+    p.add_argument(
+        "--out", default=None, help="default: data/synthetic, or data/affectnet_synth (affectnet)"
+    )
     p.add_argument("--videos", type=int, default=64)
     p.add_argument(
         "--frames", type=int, default=140, help="mean frames per video (each varies +-30%%)"
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, help="processes rendering videos")
+    p.add_argument("--images", type=int, default=600, help="affectnet: training images")
+    p.add_argument("--val-images", type=int, default=200, help="affectnet: validation images")
     p.set_defaults(func=_data_synth)
 
     p = dsub.add_parser("info", help="per task and split: videos, frames, labels")
@@ -455,6 +528,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_ablate)
 
+    p = sub.add_parser("pretrain", help="stage 1: the encoder on still faces (AffectNet layout)")
+    p.add_argument(
+        "config",
+        nargs="?",
+        help="stage-1 settings (model, data, trainer, seed), or a grid file with a pretrain: part",
+    )
+    p.add_argument("--results", default=RESULTS, help="writes <results>/pretrain/<key>/")
+    p.add_argument("--data.root", dest="data_root", default=None, help="the stills' folder")
+    p.add_argument("--set", action="append", help="override a setting: model.backbone=resnet18")
+    p.add_argument("--no-wandb", action="store_true", help="no W&B run")
+    p.add_argument(
+        "--synth-if-missing", action="store_true", help="write synthetic stills if absent"
+    )
+    p.set_defaults(func=_pretrain)
+
     p = sub.add_parser("table", help="a paper table from a results store")
     p.add_argument("results", help="ablations/results/<name> (or its results.csv)")
     p.add_argument("--rows", default="head")
@@ -512,6 +600,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=2, help="alternated overhead rounds")
     p.add_argument("--format", **fmt)
     p.set_defaults(func=_bench_grid)
+
+    p = sub.add_parser("bench-stage1", help="heads from random weights against from stage 1")
+    p.add_argument("config", nargs="?", default="ablations/configs/quickstart.yaml")
+    p.add_argument("--heads", default="frame,gru,mixer3", help="comma-separated: {heads}")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--stills", default="data/affectnet_synth", help="written there if absent")
+    p.add_argument("--epochs", type=int, default=10, help="stage 1's epochs")
+    p.add_argument("--format", **fmt)
+    p.set_defaults(func=_bench_stage1)
 
     p = sub.add_parser("bench-learning", help="train heads for the same budget, score val and test")
     p.add_argument("--root", default="data/synthetic")

@@ -108,9 +108,26 @@ def backbone_norm(
     """(mean, std) of the weights' own timm config (a tag's, else the backbone's default one),
     as timm resolves it, read without building the model."""
     check_backbone(name)
-    cfg = timm.models.get_pretrained_cfg(timm_tag(name, pretrained) or name)
+    tag = timm_tag(name, pretrained)
+    for _ in range(4):  # a checkpoint made from a tag's weights (stage 1, say) says which
+        if tag is not None or not (isinstance(pretrained, str) and Path(pretrained).is_file()):
+            break
+        pretrained = _weights_origin(pretrained)
+        tag = timm_tag(name, pretrained) if pretrained else None
+    cfg = timm.models.get_pretrained_cfg(tag or name)
     data = timm.data.resolve_data_config(pretrained_cfg=cfg.to_dict() if cfg else {})
     return tuple(data["mean"]), tuple(data["std"])
+
+
+def _weights_origin(path: str) -> str | None:
+    """The initial weights a checkpoint of this project records (``pretrained`` or
+    ``init_from``: a tag, a file, or None); None for any other file."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not a checkpoint: the weights' reader says so, in its own words
+        return None
+    hp = obj.get("hyper_parameters") if isinstance(obj, dict) else None
+    return (hp.get("pretrained") or hp.get("init_from")) if isinstance(hp, dict) else None
 
 
 def hub_cache() -> str:

@@ -137,15 +137,20 @@ def flat(settings: dict, prefix: str = "") -> dict:
     return out
 
 
-def build(settings: dict) -> tuple[L.LightningModule, L.LightningDataModule]:
+def build(settings: dict, stills: bool = False) -> tuple[L.LightningModule, L.LightningDataModule]:
     """The model and its data: the data takes the model's tasks, clip length, frame size and
-    its backbone's normalisation (the links ``affbench fit`` makes)."""
-    from datamodules.abaw import AbawDataModule
+    its weights' normalisation (the links ``affbench fit`` makes). ``stills``: still faces in
+    the AffectNet layout (stage 1, clips of one frame) instead of ABAW videos."""
     from lightning_modules.module import AffectModule
+
+    if stills:
+        from datamodules.stills import AffectNetDataModule as Data
+    else:
+        from datamodules.abaw import AbawDataModule as Data
 
     model = AffectModule(**settings.get("model", {}))
     hp = model.hparams
-    data = AbawDataModule(
+    data = Data(
         **{
             **settings.get("data", {}),
             "tasks": hp.tasks,
@@ -244,7 +249,30 @@ def _peak_memory() -> float:
     return proc_status("VmHWM")
 
 
+class _Throughput(L.Callback):
+    """Frames per second of the training steps alone (forward, backward and optimizer step;
+    the wait for data excluded): a still image is one frame, a clip of T frames T."""
+
+    def __init__(self):
+        self.frames, self.seconds, self.t0 = 0, 0.0, 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if torch.cuda.is_available() and pl_module.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.seconds += time.perf_counter() - self.t0
+        self.frames += int(batch["frames"].shape[0] * batch["frames"].shape[1])
+
+    @property
+    def frames_per_s(self) -> float | None:
+        return round(self.frames / self.seconds, 1) if self.seconds else None
+
+
 def _test_is_labelled(data) -> bool:
+    if not hasattr(data, "test_list_file"):  # stills: a train and a val split only
+        return False
     try:
         data.setup("test")
     except (FileNotFoundError, ConfigError):  # no test list, or no labelled clip in it
@@ -267,6 +295,7 @@ def train_and_score(
     callbacks: list | None = None,
     cost: dict | None = None,
     resume: dict | None = None,
+    stills: bool = False,
 ) -> dict:
     """One experiment (a grid's combination, a sweep's trial): fit, score the best checkpoint on
     val (and test when labelled), add its cost; returns the results row. Runs one W&B run,
@@ -275,7 +304,8 @@ def train_and_score(
     pruner); ``cost`` (a :func:`cost_row`) saves the cache lookup. ``resume`` (the record of
     an interrupted run: ``checkpoint``, ``wandb_run_id``, ``train_s``) continues that run from
     its checkpoint, in the same W&B run. SIGTERM or Ctrl-C raise :class:`Interrupted`, the
-    state saved first when it came during training."""
+    state saved first when it came during training. ``stills``: stage 1 on still faces
+    (:func:`build`)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import WandbLogger
 
@@ -283,7 +313,7 @@ def train_and_score(
 
     resume = resume or {}
     L.seed_everything(settings.get("seed", 0), workers=True)
-    model, data = build(settings)
+    model, data = build(settings, stills=stills)
     run_id = resume.get("wandb_run_id") or None
     logger = WandbLogger(
         project=PROJECT,
@@ -300,9 +330,10 @@ def train_and_score(
         dirpath=ckpt_dir, monitor=MONITOR, mode="max", save_top_k=1, save_last=True
     )
     on_sigterm = _SaveOnSigterm(ckpt_dir / "interrupted.ckpt")
+    speed = _Throughput()
     trainer = L.Trainer(
         logger=logger,
-        callbacks=[ckpt, on_sigterm, _RaiseMissedSignal(), *(callbacks or [])],
+        callbacks=[ckpt, on_sigterm, _RaiseMissedSignal(), speed, *(callbacks or [])],
         default_root_dir=folder,
         **trainer_kwargs(settings),
     )
@@ -325,6 +356,7 @@ def train_and_score(
         row.update(
             train_s=round(train_s, 1),
             train_peak_mem_mib=round(peak, 1),
+            train_frames_per_s=speed.frames_per_s,
             checkpoint=best,
             wandb_run_id=logger.experiment.id if trainer.is_global_zero else None,
             epochs=trainer.current_epoch,
