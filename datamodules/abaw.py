@@ -23,13 +23,11 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-import torch
-from torch.utils.data import DataLoader
 
 from core.errors import ConfigError, DataError
-from datamodules.augment import AugmentConfig, ClipTransform, normalize_frames
+from datamodules.augment import AugmentConfig, ClipTransform
 from datamodules.clips import eval_windows, scored_mask, train_windows
-from datamodules.dataset import ClipDataset, collate_clips
+from datamodules.dataset import ClipDataset
 from datamodules.index import (
     FrameIndex,
     default_cache_dir,
@@ -37,6 +35,7 @@ from datamodules.index import (
     load_index,
     test_list_path,
 )
+from datamodules.loading import ClipLoaders
 from datamodules.tasks import SPLITS, TEST_SPLIT, parse_tasks
 
 log = logging.getLogger(__name__)
@@ -50,7 +49,7 @@ MAX_UNREADABLE_SHARE = 0.5
 MIN_FRAMES_CHECKED = 64
 
 
-class AbawDataModule(L.LightningDataModule):
+class AbawDataModule(ClipLoaders, L.LightningDataModule):
     """Clips of ABAW-format data. Batches follow the contract in ``datamodules/dataset.py``.
 
     Args:
@@ -195,31 +194,6 @@ class AbawDataModule(L.LightningDataModule):
                     f"{name}: no clip of {self.seq_len} frames holds a label for tasks {self.tasks}"
                 )
 
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        workers = self.hparams.num_workers
-        return DataLoader(
-            self.datasets[name],
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            drop_last=False,
-            num_workers=workers,
-            collate_fn=collate_clips,
-            pin_memory=self.hparams.pin_memory,
-            persistent_workers=workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Count unreadable frames (decoded in workers, reported here, once per file) and stop
         the run when most frames cannot be read (see the module docstring)."""
@@ -246,9 +220,3 @@ class AbawDataModule(L.LightningDataModule):
             f"read (more than {MAX_UNREADABLE_SHARE:.0%}; first files: {first}): are these the "
             f"data's JPEG files?"
         )
-
-    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        """uint8 frames -> normalised float32, on the batch's device (the GPU when there is one)."""
-        if batch["frames"].dtype == torch.uint8:
-            batch["frames"] = normalize_frames(batch["frames"], self.hparams.mean, self.hparams.std)
-        return batch

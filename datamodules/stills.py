@@ -21,14 +21,15 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image
 
 from core.errors import ConfigError, DataError
 from datamodules.abaw import IMAGENET_MEAN, IMAGENET_STD, MAX_UNREADABLE_SHARE, MIN_FRAMES_CHECKED
 from datamodules.affectnet import Stills, read_stills
-from datamodules.augment import AugmentConfig, ClipTransform, normalize_frames
-from datamodules.dataset import collate_clips, decode_frame
+from datamodules.augment import AugmentConfig, ClipTransform
+from datamodules.dataset import decode_frame
+from datamodules.loading import ClipLoaders
 from datamodules.tasks import get_task, parse_tasks
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ class StillDataset(Dataset):
         }
 
 
-class AffectNetDataModule(L.LightningDataModule):
+class AffectNetDataModule(ClipLoaders, L.LightningDataModule):
     """Still faces in an AffectNet layout (``datamodules/affectnet.py``) as clips of one frame.
 
     train = the "train" split (shuffled, augmented); val = the "val" split, which test and
@@ -189,30 +190,6 @@ class AffectNetDataModule(L.LightningDataModule):
         if stage in ("test", "predict"):
             self.datasets["test"] = self.datasets["val"]
 
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        workers = self.hparams.num_workers
-        return DataLoader(
-            self.datasets[name],
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            num_workers=workers,
-            collate_fn=collate_clips,
-            pin_memory=self.hparams.pin_memory,
-            persistent_workers=workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Name each unreadable image once (decoded in workers, reported here) and stop the run
         when most images cannot be read."""
@@ -230,10 +207,4 @@ class AffectNetDataModule(L.LightningDataModule):
                 f"{Path(self.hparams.root).resolve()} could not be read (more than "
                 f"{MAX_UNREADABLE_SHARE:.0%}; first files: {first}): are these the data's images?"
             )
-        return batch
-
-    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        """uint8 frames -> normalised float32, on the batch's device (the GPU when there is one)."""
-        if batch["frames"].dtype == torch.uint8:
-            batch["frames"] = normalize_frames(batch["frames"], self.hparams.mean, self.hparams.std)
         return batch
