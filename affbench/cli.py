@@ -431,6 +431,17 @@ class _Parser(argparse.ArgumentParser):
         return super().format_help()
 
 
+def _settings_args(p: argparse.ArgumentParser, data: str, example: str) -> None:
+    """The options every command that trains from a settings file takes (what
+    :func:`_base_settings` reads): the data root, ``--set``, W&B off, synthetic data if absent."""
+    p.add_argument("--data.root", dest="data_root", default=None, help=data)
+    p.add_argument("--set", action="append", help=f"override a base setting: {example}")
+    p.add_argument("--no-wandb", action="store_true", help="no W&B runs at all")
+    p.add_argument(
+        "--synth-if-missing", action="store_true", help="write the synthetic data if absent"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="affbench",
@@ -511,9 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="ablations/configs/<name>.yaml")
     p.add_argument("--dry-run", action="store_true", help="list the combinations and their cost")
     p.add_argument("--results", default=RESULTS)
-    p.add_argument("--data.root", dest="data_root", default=None, help="the data (e.g. Aff-Wild2)")
-    p.add_argument("--set", action="append", help="override a base setting: model.lr=0.0005")
-    p.add_argument("--no-wandb", action="store_true", help="no W&B runs at all")
+    _settings_args(p, "the data (e.g. Aff-Wild2)", "model.lr=0.0005")
     p.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs")
     p.add_argument("--retry-failed", action="store_true", help="run failed combinations again")
     p.add_argument("--workers", type=int, default=1, help="local worker processes (GPU i mod n)")
@@ -522,9 +531,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the grid's study: sqlite:///F (default <results>/<name>/grid.db), "
         "postgresql://... (several machines), journal:///F",
-    )
-    p.add_argument(
-        "--synth-if-missing", action="store_true", help="write the synthetic data if absent"
     )
     p.set_defaults(func=_ablate)
 
@@ -535,12 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="stage-1 settings (model, data, trainer, seed), or a grid file with a pretrain: part",
     )
     p.add_argument("--results", default=RESULTS, help="writes <results>/pretrain/<key>/")
-    p.add_argument("--data.root", dest="data_root", default=None, help="the stills' folder")
-    p.add_argument("--set", action="append", help="override a setting: model.backbone=resnet18")
-    p.add_argument("--no-wandb", action="store_true", help="no W&B run")
-    p.add_argument(
-        "--synth-if-missing", action="store_true", help="write synthetic stills if absent"
-    )
+    _settings_args(p, "the stills' folder", "model.backbone=resnet18")
     p.set_defaults(func=_pretrain)
 
     p = sub.add_parser("table", help="a paper table from a results store")
@@ -559,12 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", default=None, help="study name (default: the file's name)")
     p.add_argument("--workers", type=int, default=1, help="local worker processes")
     p.add_argument("--studies", default=STUDIES, help="SQLite files, W&B runs, checkpoints")
-    p.add_argument("--data.root", dest="data_root", default=None, help="the data (e.g. Aff-Wild2)")
-    p.add_argument("--set", action="append", help="override a base setting: data.batch_size=4")
-    p.add_argument("--no-wandb", action="store_true", help="no W&B runs at all")
-    p.add_argument(
-        "--synth-if-missing", action="store_true", help="write the synthetic data if absent"
-    )
+    _settings_args(p, "the data (e.g. Aff-Wild2)", "data.batch_size=4")
     p.add_argument(
         "--retry-failed",
         action="store_true",
