@@ -82,10 +82,12 @@ def open_storage(url: str, heartbeat: dict | None = None) -> optuna.storages.Bas
                 grace_period=int(hb.get("grace", HEARTBEAT["grace"])),
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
             )
-        except (sa.exc.IntegrityError, sa.exc.ProgrammingError) as e:
+        except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError) as e:
             # workers starting at once on a new database both create its tables: the second
-            # finds them on the next try
-            if attempt == 2:
+            # finds them on the next try (SQLite says "table ... already exists"); any other
+            # operational error (a refused connection) is not a race
+            racing = not isinstance(e, sa.exc.OperationalError) or "already exists" in str(e)
+            if attempt == 2 or not racing:
                 raise ConfigError(
                     f"cannot open storage {shown(url)}: {e}".splitlines()[0]
                 ) from None
