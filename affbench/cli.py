@@ -212,6 +212,46 @@ def _pretrain(args: argparse.Namespace) -> None:
     )
 
 
+def _features_extract(args: argparse.Namespace) -> None:
+    import yaml
+
+    from lightning_modules.experiment import wandb_mode
+    from lightning_modules.feature_jobs import extract_config
+
+    raw = yaml.safe_load(Path(args.config).read_text()) or {}
+    if "space" in raw:
+        from sweeps.space import load_sweep
+
+        cfg = load_sweep(args.config)
+    else:
+        from ablations.grid import load_grid
+
+        cfg = load_grid(args.config)
+    _base_settings(cfg, args)
+    if "pretrain" in cfg:  # a two-stage file: its stage 1 first (found if it ran before)
+        from ablations.runner import with_stage1
+        from lightning_modules.pretrain import pretrain
+
+        cfg, stage1, _ = with_stage1(cfg, args.results)
+        pretrain(stage1, Path(args.results) / "pretrain", wandb_mode(args.no_wandb))
+    rows = extract_config(cfg, progress=not args.no_progress)
+    if args.format != "text":
+        _print_rows(rows, args.format)
+
+
+def _features_info(args: argparse.Namespace) -> None:
+    from datamodules.features import default_features_dir
+    from lightning_modules.feature_jobs import cache_info
+
+    rows = cache_info(args.dir)
+    if not rows:
+        print(f"no cached features under {args.dir or default_features_dir()}")
+        return
+    print(f"cached features under {args.dir or default_features_dir()}:")
+    _print_rows(rows, args.format)
+    print(f"total {sum(r['size_gb'] for r in rows):.3f} GB")
+
+
 def _ablate(args: argparse.Namespace) -> None:
     from ablations.grid import expand, load_grid
     from ablations.runner import run_grid
@@ -543,6 +583,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default=RESULTS, help="writes <results>/pretrain/<key>/")
     _settings_args(p, "the stills' folder", "model.backbone=resnet18")
     p.set_defaults(func=_pretrain)
+
+    feats = sub.add_parser("features", help="the feature cache of frozen encoders")
+    fsub = feats.add_subparsers(dest="features_command", required=True)
+    p = fsub.add_parser(
+        "extract", help="cache the features of a grid's or a sweep's frozen encoders"
+    )
+    p.add_argument("config", help="a grid or sweep file whose runs set model.freeze: all")
+    p.add_argument("--results", default=RESULTS, help="where a pretrain: section's stage 1 is")
+    _settings_args(p, "the data (e.g. Aff-Wild2)", "model.img_size=224")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--format", choices=["text", "md", "csv"], default="text")
+    p.set_defaults(func=_features_extract)
+    p = fsub.add_parser("info", help="what is cached: encoder, parts, videos, frames, size")
+    p.add_argument("--dir", default=None, help="default: $AFFBENCH_CACHE/features")
+    p.add_argument("--format", choices=["text", "md", "csv"], default="text")
+    p.set_defaults(func=_features_info)
 
     p = sub.add_parser("table", help="a paper table from a results store")
     p.add_argument("results", help="ablations/results/<name> (or its results.csv)")

@@ -28,6 +28,15 @@ from core.errors import ConfigError, DataError
 from datamodules.augment import AugmentConfig, ClipTransform
 from datamodules.clips import eval_windows, scored_mask, train_windows
 from datamodules.dataset import ClipDataset
+from datamodules.features import (
+    FEATURES_MODES,
+    FeatureCache,
+    FeatureDataset,
+    extract,
+    frame_fingerprint,
+    parts_for,
+    size_line,
+)
 from datamodules.index import (
     FrameIndex,
     default_cache_dir,
@@ -68,6 +77,12 @@ class AbawDataModule(ClipLoaders, L.LightningDataModule):
         per_frame_augment: draw augmentation parameters per frame (the seed paper) instead of
             once per clip.
         cache_dir: where frame indexes are cached (default ``~/.cache/affbench/index``).
+        features: ``auto`` (when the model's encoder is frozen, ``freeze: all``, train and score
+            on its cached outputs, extracting what is missing; see ``datamodules/features.py``),
+            ``off`` (always the frames), ``only`` (the cache must hold them already).
+        feature_noise: Gaussian noise added to cached features in training, in units of each
+            channel's spread over the batch (pixel augmentation cannot reach a cached feature).
+        features_dir: where features are cached (default ``~/.cache/affbench/features``).
     """
 
     def __init__(
@@ -93,9 +108,18 @@ class AbawDataModule(ClipLoaders, L.LightningDataModule):
         augment: bool = True,
         cache_dir: str | None = None,
         pin_memory: bool = False,
+        features: str = "auto",
+        feature_noise: float = 0.0,
+        features_dir: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
+        if features not in FEATURES_MODES:
+            raise ConfigError(f"features must be one of {FEATURES_MODES}, got {features!r}")
+        if feature_noise < 0:
+            raise ConfigError(f"feature_noise must be >= 0, got {feature_noise}")
+        self._encoder = None  # (FrameEncoder, how many of its last taps the head reads)
+        self._cache = None  # (FeatureCache, parts) of that encoder
         self.tasks = parse_tasks(tasks, annotated=True)  # EMI has no reader here
         self.seq_len = seq_len
         self.stride = stride or seq_len
@@ -140,10 +164,82 @@ class AbawDataModule(ClipLoaders, L.LightningDataModule):
         return self.indexes[split]
 
     def prepare_data(self) -> None:
-        """Build (or validate) the cached indexes once, on one process per node."""
+        """Build (or validate) the cached indexes once, on one process per node, and the cached
+        features of a frozen encoder."""
         find_annotations_dir(Path(self.hparams.root), self.hparams.annotations)
         for split in SPLITS:
             self._index(split)
+        if self.feature_cache() is not None:
+            splits = [*SPLITS, *([TEST_SPLIT] if self.test_list_file() else [])]
+            for split in splits:
+                self.ensure_features(self._index(split))
+
+    # -- cached features ------------------------------------------------------------------------
+    def attach_encoder(self, encoder, maps_used: int = 0) -> None:
+        """Feed cached outputs of ``encoder`` (a FrameEncoder) instead of frames, with the parts
+        a head reading its last ``maps_used`` taps needs. In training this happens by itself:
+        the trainer's model is asked (a frozen encoder: ``freeze: all``)."""
+        self._encoder, self._cache = (encoder, int(maps_used)), None
+
+    def _frozen_encoder(self):
+        if self.hparams.features == "off":
+            return None
+        if self._encoder is not None:
+            return self._encoder
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        encoder = getattr(module, "encoder", None)
+        if encoder is None or getattr(encoder, "freeze", None) != "all":
+            if self.hparams.features == "only":
+                raise ConfigError(
+                    "data.features: only reads cached features of a frozen encoder: set "
+                    "model.freeze: all (or data.features: auto)"
+                )
+            return None
+        self._encoder = (encoder, int(getattr(module.head, "maps_used", 0)))
+        return self._encoder
+
+    def feature_cache(self) -> tuple[FeatureCache, list[str]] | None:
+        """(cache, parts) when cached features replace the frames, else None."""
+        found = self._frozen_encoder()
+        if found is None:
+            return None
+        if self._cache is None:
+            encoder, maps_used = found
+            cache = FeatureCache.of(
+                encoder, self.hparams.mean, self.hparams.std, self.hparams.features_dir
+            )
+            self._cache = (cache, parts_for(maps_used, len(encoder.spec.channels)))
+        return self._cache
+
+    def ensure_features(self, index: FrameIndex, progress: bool = True) -> dict | None:
+        """Extract what ``index`` lacks in the cache (under its lock; ``features: only`` says
+        what is missing instead). Returns the extraction's figures, or None if nothing was."""
+        cache, parts = self.feature_cache()
+        if not cache.missing(index, parts):
+            return None
+        with cache.locked():
+            todo = cache.missing(index, parts)  # another process may have filled it meanwhile
+            if not todo:
+                return None
+            frames = sum(frame_fingerprint(index, v)[0] for v in todo)
+            need = sorted({p for ps in todo.values() for p in ps})
+            if self.hparams.features == "only":
+                raise ConfigError(
+                    f"the feature cache {cache.folder} lacks {', '.join(need)} for {len(todo)} "
+                    f"video(s) of {index.split} ({frames:,} frames), e.g. "
+                    f"{index.videos[next(iter(todo))]}: run affbench features extract with these "
+                    f"settings, or set data.features: auto"
+                )
+            log.info(
+                "caching %s features of %d video(s) of %s in %s: %s",
+                ", ".join(need), len(todo), index.split, cache.folder,
+                size_line(cache.layout, need, frames),
+            )  # fmt: skip
+            encoder = self._encoder[0]
+            return extract(
+                cache, encoder, index, todo, num_workers=self.hparams.num_workers,
+                check_batch=lambda b: self.on_before_batch_transfer(b, 0), progress=progress,
+            )  # fmt: skip
 
     def _check_images(self, index: FrameIndex) -> None:
         """DataError unless the split has images and, for every video with images, the first one
@@ -174,12 +270,16 @@ class AbawDataModule(ClipLoaders, L.LightningDataModule):
         if train:
             windows = train_windows(index, self.tasks, self.seq_len, self.train_stride)
             shift = self.train_stride if self.hparams.train_random_shift else 0
-            return ClipDataset(
-                index, windows, self.tasks, self.seq_len, transform, random_shift=shift
-            )
-        scored = index.listed if index.listed is not None else scored_mask(index, self.tasks)
-        windows = eval_windows(index, self.seq_len, self.stride, scored)
-        return ClipDataset(index, windows, self.tasks, self.seq_len, transform)
+        else:
+            scored = index.listed if index.listed is not None else scored_mask(index, self.tasks)
+            windows = eval_windows(index, self.seq_len, self.stride, scored)
+            shift = 0
+        args = (index, windows, self.tasks, self.seq_len, transform)
+        cached = self.feature_cache()
+        if cached is None:
+            return ClipDataset(*args, random_shift=shift)
+        self.ensure_features(index)
+        return FeatureDataset(*cached, *args, random_shift=shift)
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):

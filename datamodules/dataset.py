@@ -120,13 +120,17 @@ class ClipDataset(Dataset):
                 return img, cand
         return None, -1
 
-    def __getitem__(self, i: int) -> dict:
+    def _window(self, i: int) -> tuple[int, int, np.ndarray, np.ndarray]:
+        """Window ``i`` as (video, offset, rows (T,), pad (T,)), shifted at random in training."""
         video, offset = (int(x) for x in self.windows[i])
         if self.random_shift > 1:
             room = max(int(self.index.lengths[video]) - self.seq_len - offset, 0)
             offset += int(torch.randint(0, min(self.random_shift, room + 1), ()).item())
         rows, pad = window_rows(self.index, video, offset, self.seq_len)
+        return video, offset, rows, pad
 
+    def _inputs(self, video: int, rows: np.ndarray) -> dict:
+        """What the model reads of these rows: ``frames`` and how they were filled."""
         bad_files: list[str] = []
         loaded: dict[int, tuple[torch.Tensor | None, int]] = {}
         pixels, used = [], np.empty(self.seq_len, np.int64)
@@ -137,17 +141,22 @@ class ClipDataset(Dataset):
             pixels.append(img)
         shape = next((p.shape for p in pixels if p is not None), (3, 112, 112))
         clip = torch.stack([_fit(p, shape) for p in pixels])
-
-        sample = {
+        return {
             "frames": self.transform(clip),
+            "filled": torch.from_numpy(used != rows),
+            "corrupt": torch.from_numpy(self.index.has_image[rows] & (used != rows)),
+            "bad_files": bad_files,
+        }
+
+    def __getitem__(self, i: int) -> dict:
+        video, offset, rows, pad = self._window(i)
+        sample = {
+            **self._inputs(video, rows),
             "targets": {},
             "valid": {},
             "video": self.index.videos[video],
             "frame": torch.from_numpy((offset + 1 + np.arange(self.seq_len)).astype(np.int64)),
             "pad": torch.from_numpy(pad),
-            "filled": torch.from_numpy(used != rows),
-            "corrupt": torch.from_numpy(self.index.has_image[rows] & (used != rows)),
-            "bad_files": bad_files,
         }
         for task in self.tasks:
             sample["targets"][task], sample["valid"][task] = self._labels(task, rows, pad)

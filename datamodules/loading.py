@@ -43,7 +43,17 @@ class ClipLoaders:
         return self._loader("test", shuffle=False)
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        """uint8 frames -> normalised float32, on the batch's device (the GPU when there is one)."""
-        if batch["frames"].dtype == torch.uint8:
+        """uint8 frames -> normalised float32, on the batch's device (the GPU when there is one);
+        cached fp16 features -> float32, with ``feature_noise`` in training."""
+        if "features" in batch:
+            noise = float(self.hparams.get("feature_noise") or 0.0)
+            training = self.trainer is not None and self.trainer.training
+            feats = {k: v.float() for k, v in batch["features"].items()}
+            if noise and training:
+                for k, x in feats.items():  # in units of each channel's spread (channels: dim 2)
+                    dims = tuple(d for d in range(x.dim()) if d != 2)
+                    feats[k] = x + noise * x.std(dim=dims, keepdim=True) * torch.randn_like(x)
+            batch["features"] = feats
+        elif batch["frames"].dtype == torch.uint8:
             batch["frames"] = normalize_frames(batch["frames"], self.hparams.mean, self.hparams.std)
         return batch

@@ -258,7 +258,7 @@ class FrameEncoder(nn.Module):
         freeze = freeze or ("stem" if pretrained else "none")
         if freeze not in FREEZE_MODES:
             raise ConfigError(f"freeze must be one of {FREEZE_MODES}, got {freeze!r}")
-        self.name, self.freeze = name, freeze
+        self.name, self.freeze, self.taps, self.img_size = name, freeze, tuple(taps), img_size
         tag = timm_tag(name, pretrained) if pretrained else None
         self.unused_checkpoint_keys: list[str] = []
         if tag:
@@ -284,6 +284,9 @@ class FrameEncoder(nn.Module):
             reductions=tuple(info.reduction()),
             pooled_dim=info.channels()[-1],
         )
+        # frozen stages' BatchNorm in eval mode from the start: Lightning keeps the modes it
+        # finds (it never calls .train() at fit start), so a fresh module must already be right
+        self.train()
 
     def _freeze(self, mode: str) -> list[str]:
         """Stop gradients into the chosen stages (timm's own stage grouping); returns the names

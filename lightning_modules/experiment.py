@@ -263,7 +263,7 @@ class _Throughput(L.Callback):
         if torch.cuda.is_available() and pl_module.device.type == "cuda":
             torch.cuda.synchronize()
         self.seconds += time.perf_counter() - self.t0
-        self.frames += int(batch["frames"].shape[0] * batch["frames"].shape[1])
+        self.frames += int(batch["pad"].numel())  # B x T, with or without cached features
 
     @property
     def frames_per_s(self) -> float | None:

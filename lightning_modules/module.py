@@ -119,9 +119,21 @@ class AffectModule(L.LightningModule):
         backbone's own mean/std) -> {task: (B, T, K) raw outputs}."""
         if frames.dtype == torch.uint8:
             frames = normalize_frames(frames, self.mean, self.std)
-        maps, pooled = self.encoder(frames)
+        return self._from_features(*self.encoder(frames))
+
+    def _from_features(self, maps: list, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The encoder's outputs -> {task: (B, T, K)}: the head, dropout, the output layers."""
         x = self.dropout(self.head(maps, pooled))
         return {t: layer(x) for t, layer in self.outputs.items()}
+
+    def _raw(self, batch: dict) -> dict[str, torch.Tensor]:
+        """A batch's raw outputs: from its frames, or from the frozen encoder's cached outputs
+        (``features``: pooled and the taps the head reads) where the datamodule gives those."""
+        if "features" not in batch:
+            return self(batch["frames"])
+        feats = batch["features"]
+        maps = [feats.get(f"tap{i}") for i in range(len(self.encoder.spec.channels))]
+        return self._from_features(maps, feats["pooled"])
 
     def _losses(self, raw: dict, batch: dict) -> dict[str, torch.Tensor]:
         hp = self.hparams
@@ -142,24 +154,24 @@ class AffectModule(L.LightningModule):
         }
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        losses = self._losses(self(batch["frames"]), batch)
+        losses = self._losses(self._raw(batch), batch)
         loss = sum(self.task_weights[t] * v for t, v in losses.items())
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at step {self.global_step}")
-        b = batch["frames"].shape[0]
+        b = batch["pad"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
         for t, v in losses.items():
             self.log(f"train/{t}_loss", v, batch_size=b)
         return loss
 
     def _eval_step(self, stage: str, batch: dict) -> None:
-        raw = self(batch["frames"])
+        raw = self._raw(batch)
         preds = {t: get_task(t).activate(v) for t, v in raw.items()}
         self.frames[stage].update(
             batch["video"], batch["frame"], batch["pad"], preds, batch["targets"], batch["valid"]
         )
         loss = sum(self.task_weights[t] * v for t, v in self._losses(raw, batch).items())
-        self.log(f"{stage}/loss", loss, batch_size=batch["frames"].shape[0], sync_dist=True)
+        self.log(f"{stage}/loss", loss, batch_size=batch["pad"].shape[0], sync_dist=True)
 
     def _eval_epoch_end(self, stage: str) -> None:
         merged = self.frames[stage].compute()  # gathered from all ranks, merged per frame
@@ -187,7 +199,7 @@ class AffectModule(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """Per-frame predictions (activated) with their keys, for a submission file."""
-        preds = {t: get_task(t).activate(v).float().cpu() for t, v in self(batch["frames"]).items()}
+        preds = {t: get_task(t).activate(v).float().cpu() for t, v in self._raw(batch).items()}
         return {
             "video": batch["video"],
             "frame": batch["frame"].cpu(),

@@ -2,7 +2,9 @@
 
 A head takes what the frame encoder gives, the per-tap maps [(B, T, C_i, h_i, w_i)] and the
 pooled per-frame vectors (B, T, C), and returns one feature vector per frame (B, T, D), D being
-its ``out_dim``. The LightningModule puts dropout and one linear layer per task on top.
+its ``out_dim``. The LightningModule puts dropout and one linear layer per task on top. A head
+reading the maps says how many of the last taps it reads in ``maps_used`` (a feature cache keeps
+those; the others get None there); without it, it reads the pooled vectors only.
 """
 
 from __future__ import annotations

@@ -176,6 +176,7 @@ class MixerHead(nn.Module):
         )
         self.grid, self.tubelet_t, self.frame_resolved = g, tubelet_t, frame_resolved
         self.out_dim = levels * dim
+        self.maps_used = levels  # the last taps it reads (a feature cache keeps them)
 
     def forward(self, maps: list[torch.Tensor], pooled: torch.Tensor) -> torch.Tensor:
         """[(B, T, C_i, h_i, w_i)] -> (B, T, levels * dim)."""
