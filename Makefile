@@ -39,6 +39,7 @@ bench: install
 	$(BIN)/affbench data bench-loader $(DATA) --format md
 	$(BIN)/affbench bench-learning --format md
 	$(BIN)/affbench bench-stage1 --format md
+	$(BIN)/affbench bench-features --format md
 	$(BIN)/affbench bench-sweep --format md
 	$(BIN)/affbench bench-grid --format md
 

@@ -182,6 +182,31 @@ def _base_settings(cfg: dict, args: argparse.Namespace, synth: bool = True) -> N
 
         print(f"no data at {root}: writing the synthetic dataset there first")
         generate(root)
+    if synth and stage1 and args.synth_if_missing:
+        from lightning_modules.pretrain import grid_stage1
+
+        stills = grid_stage1(cfg)["data"]["root"]
+        if not Path(stills).exists():
+            from datamodules.synth_stills import generate_affectnet
+
+            print(f"no stills at {stills}: writing synthetic still faces there (AffectNet layout)")
+            generate_affectnet(stills)
+
+
+def _with_stage1(cfg: dict, args: argparse.Namespace) -> dict:
+    """A file with a ``pretrain:`` section: its stage 1 run (or found, when it ran before)
+    and ``base.model.pretrained`` set to its encoder."""
+    if "pretrain" not in cfg:
+        return cfg
+    from ablations.runner import with_stage1
+    from lightning_modules.experiment import run_name, wandb_mode
+    from lightning_modules.pretrain import pretrain
+
+    cfg, stage1, encoder = with_stage1(cfg, args.results)
+    done = Path(encoder).exists()
+    print(f"stage 1 ({'done' if done else 'runs first'}): {run_name(stage1)} -> {encoder}")
+    pretrain(stage1, Path(args.results) / "pretrain", wandb_mode(args.no_wandb))
+    return cfg
 
 
 def _pretrain(args: argparse.Namespace) -> None:
@@ -215,7 +240,6 @@ def _pretrain(args: argparse.Namespace) -> None:
 def _features_extract(args: argparse.Namespace) -> None:
     import yaml
 
-    from lightning_modules.experiment import wandb_mode
     from lightning_modules.feature_jobs import extract_config
 
     raw = yaml.safe_load(Path(args.config).read_text()) or {}
@@ -228,12 +252,7 @@ def _features_extract(args: argparse.Namespace) -> None:
 
         cfg = load_grid(args.config)
     _base_settings(cfg, args)
-    if "pretrain" in cfg:  # a two-stage file: its stage 1 first (found if it ran before)
-        from ablations.runner import with_stage1
-        from lightning_modules.pretrain import pretrain
-
-        cfg, stage1, _ = with_stage1(cfg, args.results)
-        pretrain(stage1, Path(args.results) / "pretrain", wandb_mode(args.no_wandb))
+    cfg = _with_stage1(cfg, args)
     rows = extract_config(cfg, progress=not args.no_progress)
     if args.format != "text":
         _print_rows(rows, args.format)
@@ -281,6 +300,10 @@ def _ablate(args: argparse.Namespace) -> None:
             file=sys.stderr,
         )
         raise SystemExit(128 + e.signum) from None
+    if "pretrain" in cfg:  # the keys of the combinations as run: from the stage-1 encoder
+        from ablations.runner import with_stage1
+
+        cfg = with_stage1(cfg, args.results)[0]
     keys = {r["key"] for r in expand(cfg)}
     df = df[df["key"].isin(keys)]
     counts = df["status"].value_counts()
@@ -323,6 +346,7 @@ def _sweep(args: argparse.Namespace) -> None:
 
     cfg = load_sweep(args.config)
     _base_settings(cfg, args)
+    cfg = _with_stage1(cfg, args)  # before the workers: they all start from its encoder
     study = args.study or cfg["name"]
     url = args.storage or default_storage(study, args.studies)
     n_trials = args.n_trials or cfg["n_trials"]
@@ -417,6 +441,16 @@ def _bench_stage1(args: argparse.Namespace) -> None:
     _print_rows(rows, args.format)
 
 
+def _bench_features(args: argparse.Namespace) -> None:
+    from lightning_modules.features_bench import bench_features
+
+    rows = bench_features(args.root, tuple(args.heads.split(",")), args.img_size, args.batches,
+                          args.frames)  # fmt: skip
+    for measure in dict.fromkeys(r["measure"] for r in rows):  # one table per measure
+        _print_rows([r for r in rows if r["measure"] == measure], args.format)
+        print()
+
+
 def _column(df, name: str) -> str:
     for c in (name, f"model.{name}", f"data.{name}", f"val/{name}"):
         if c in df.columns:
@@ -509,8 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, help="processes rendering videos")
-    p.add_argument("--images", type=int, default=600, help="affectnet: training images")
-    p.add_argument("--val-images", type=int, default=200, help="affectnet: validation images")
+    p.add_argument("--images", type=int, default=2400, help="affectnet: training images")
+    p.add_argument("--val-images", type=int, default=300, help="affectnet: validation images")
     p.set_defaults(func=_data_synth)
 
     p = dsub.add_parser("info", help="per task and split: videos, frames, labels")
@@ -616,6 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", default=None, help="study name (default: the file's name)")
     p.add_argument("--workers", type=int, default=1, help="local worker processes")
     p.add_argument("--studies", default=STUDIES, help="SQLite files, W&B runs, checkpoints")
+    p.add_argument("--results", default=RESULTS, help="a pretrain: section's stage 1 is there")
     _settings_args(p, "the data (e.g. Aff-Wild2)", "data.batch_size=4")
     p.add_argument(
         "--retry-failed",
@@ -661,6 +696,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=10, help="stage 1's epochs")
     p.add_argument("--format", **fmt)
     p.set_defaults(func=_bench_stage1)
+
+    p = sub.add_parser("bench-features", help="cached features against end to end; cache size")
+    p.add_argument("--root", default="data/synthetic")
+    p.add_argument("--heads", default="gru,mixer3", help="comma-separated: {heads}")
+    p.add_argument("--img-size", type=int, default=112)
+    p.add_argument("--batches", type=int, default=20, help="training steps per measurement")
+    p.add_argument("--frames", type=int, default=1000, help="frames extracted for frames/s")
+    p.add_argument("--format", **fmt)
+    p.set_defaults(func=_bench_features)
 
     p = sub.add_parser("bench-learning", help="train heads for the same budget, score val and test")
     p.add_argument("--root", default="data/synthetic")

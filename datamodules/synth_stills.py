@@ -129,8 +129,8 @@ def _write_images(args: tuple) -> list[str]:
 
 def generate_affectnet(
     out: str | Path = DEFAULT_OUT,
-    images: int = 600,
-    val_images: int = 200,
+    images: int = 2400,
+    val_images: int = 300,
     seed: int = 0,
     img_size: int = 112,
     workers: int = 1,

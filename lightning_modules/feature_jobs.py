@@ -87,7 +87,6 @@ def extract_config(cfg: dict, progress: bool = True, say=print) -> list[dict]:
         maps = max(_maps_used(r["model"], model.encoder.spec) for r in runs)
         data.attach_encoder(model.encoder, maps)
         cache, parts = data.feature_cache()
-        data.prepare_data()  # the indexes
         splits = [*SPLITS, *([TEST_SPLIT] if data.test_list_file() else [])]
         frames = sum(int(data._index(split).has_image.sum()) for split in splits)
         m = first["model"]

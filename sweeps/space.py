@@ -50,6 +50,7 @@ KEYS = {
     "name",
     "description",
     "base",
+    "pretrain",
     "space",
     "mode",
     "metric",
@@ -94,6 +95,9 @@ def load_sweep(path: str | Path) -> dict:
             fail((k,) if k in cfg else (), f"{k!r} must be a non-empty mapping")
     # a typo in a setting would be ignored and every trial train with the default: refuse it
     check_base(cfg["base"], fail, names=False)  # names: check_runnable, all at once
+    if "pretrain" in cfg:  # stage 1, run once before the trials (as a grid's pretrain: section)
+        cfg["pretrain"] = cfg["pretrain"] or {}
+        check_base(cfg["pretrain"], lambda where, msg: fail(("pretrain", *where[1:]), msg))
     cfg.setdefault("name", path.stem)
     cfg.setdefault("mode", "multi")
     cfg.setdefault("metric", MONITOR)

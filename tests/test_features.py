@@ -3,7 +3,12 @@ model, and that a changed frame or weights file is never read from a stale cache
 
 from __future__ import annotations
 
+import csv
+import io
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -20,6 +25,7 @@ from lightning_modules.backbone import FrameEncoder
 from lightning_modules.experiment import build, trainer_kwargs
 
 IMG = 64
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _data(root, **kw) -> AbawDataModule:
@@ -221,3 +227,60 @@ def test_a_frozen_stem_keeps_its_batchnorm_statistics_in_a_trainer_fit(synth_roo
     after = model.encoder.model.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in stem.items())
     assert not all(torch.equal(v, after[k]) for k, v in rest.items())  # the trained BNs moved
+
+
+def _affbench(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "affbench.cli", *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return r
+
+
+@pytest.mark.slow
+def test_a_frozen_two_stage_grid_and_sweep_share_stage1_and_features(synth_root, tmp_path):
+    """``features extract`` fills the cache for the grid's heads (the Mixer's tap included),
+    the grid trains on it without extracting again, and a sweep with the same stage 1 finds it."""
+    import yaml
+
+    from datamodules.synth_stills import generate_affectnet
+
+    stills, results = tmp_path / "stills", tmp_path / "results"
+    generate_affectnet(stills, images=48, val_images=24, seed=1, img_size=64)
+    short = {"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 2}
+    common = {
+        "pretrain": {"data": {"root": str(stills), "batch_size": 8, "num_workers": 0},
+                     "trainer": short},
+        "base": {"model": {"backbone": TINY, "tasks": "va", "seq_len": 8, "img_size": IMG,
+                           "freeze": "all"},
+                 "data": {"root": str(synth_root), "batch_size": 4, "num_workers": 0},
+                 "trainer": {**short, "limit_test_batches": 1}},
+    }  # fmt: skip
+    grid, sweep = tmp_path / "grid.yaml", tmp_path / "sweep.yaml"
+    grid.write_text(yaml.safe_dump({"name": "g", **common,
+                                    "grid": {"model.head": ["frame", "mixer1"]}}))  # fmt: skip
+    sweep.write_text(yaml.safe_dump({
+        "name": "s", **common, "n_trials": 2, "sampler": {"name": "random", "seed": 0},
+        "space": {"model.head": {"choices": ["frame", "gru"]},
+                  "model.lr": {"float": [1e-4, 1e-3], "log": True}},
+    }))  # fmt: skip
+    out = _affbench("features", "extract", str(grid), f"--results={results}", "--no-wandb",
+                    "--format=csv").stdout  # fmt: skip
+    assert "taps 2" in out and "GB per 1,000 frames" in out  # the cost, before extraction
+    rows = list(csv.DictReader(io.StringIO(out[out.index("backbone,") :])))
+    assert {r["split"] for r in rows} >= set(SPLITS)
+    extracted = [(r["split"], int(r["frames_extracted"]), r["parts"]) for r in rows]
+    assert all(n > 0 and parts == "pooled,tap2" for _, n, parts in extracted), extracted
+    info = _affbench("features", "info", "--format=csv").stdout
+    (cached,) = list(csv.DictReader(io.StringIO(info[info.index("folder,") :].split("total")[0])))
+    assert cached["backbone"] == TINY and cached["parts"] == "pooled,tap2"
+    files = sorted(Path(os.environ["AFFBENCH_CACHE"], "features").rglob("*.npy"))
+    stamps = [p.stat().st_mtime_ns for p in files]
+
+    done = _affbench("ablate", str(grid), f"--results={results}", "--no-wandb").stdout
+    assert "g: 2 done, 0 failed" in done
+    assert [p.stat().st_mtime_ns for p in files] == stamps  # read, not written again
+    swept = _affbench("sweep", str(sweep), f"--results={results}", "--no-wandb",
+                      f"--studies={tmp_path / 'studies'}").stdout  # fmt: skip
+    assert "stage 1 (done)" in swept and "2 finished" in swept
+    assert len(list((results / "pretrain").glob("*/encoder.ckpt"))) == 1
+    assert [p.stat().st_mtime_ns for p in files] == stamps
