@@ -1,6 +1,7 @@
 # Set-up and the two entry points of README: `make demo` (the main job) and `make test`.
-# `make demo` writes the synthetic data if absent, then runs the quickstart ablation and the
-# quick sweep.
+# `make demo` writes the synthetic videos and still faces if absent, then runs the frozen_heads
+# grid (stage 1 on the stills, the frozen encoder's features cached, eight heads x 3 seeds on
+# them) and the frozen_heads sweep on the same features.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -20,8 +21,8 @@ postgres:  # the Debian package, for the tests' real PostgreSQL server (no-op wh
 	.ci/install-postgres
 
 demo: install
-	$(BIN)/affbench ablate ablations/configs/quickstart.yaml --synth-if-missing
-	$(BIN)/affbench sweep sweeps/configs/quick.yaml --synth-if-missing
+	$(BIN)/affbench ablate ablations/configs/frozen_heads.yaml --synth-if-missing --workers 2
+	$(BIN)/affbench sweep sweeps/configs/frozen_heads.yaml --synth-if-missing
 
 lint: install
 	$(BIN)/ruff check .

@@ -240,7 +240,7 @@ def _pretrain(args: argparse.Namespace) -> None:
 def _features_extract(args: argparse.Namespace) -> None:
     import yaml
 
-    from lightning_modules.feature_jobs import extract_config
+    from ablations.features import extract_config
 
     raw = yaml.safe_load(Path(args.config).read_text()) or {}
     if "space" in raw:
@@ -259,8 +259,8 @@ def _features_extract(args: argparse.Namespace) -> None:
 
 
 def _features_info(args: argparse.Namespace) -> None:
+    from ablations.features import cache_info
     from datamodules.features import default_features_dir
-    from lightning_modules.feature_jobs import cache_info
 
     rows = cache_info(args.dir)
     if not rows:
@@ -442,10 +442,10 @@ def _bench_stage1(args: argparse.Namespace) -> None:
 
 
 def _bench_features(args: argparse.Namespace) -> None:
-    from lightning_modules.features_bench import bench_features
+    from ablations.features_bench import bench_features
 
     rows = bench_features(args.root, tuple(args.heads.split(",")), args.img_size, args.batches,
-                          args.frames)  # fmt: skip
+                          args.frames, args.sweep or None, args.trials, args.results)  # fmt: skip
     for measure in dict.fromkeys(r["measure"] for r in rows):  # one table per measure
         _print_rows([r for r in rows if r["measure"] == measure], args.format)
         print()
@@ -703,6 +703,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--img-size", type=int, default=112)
     p.add_argument("--batches", type=int, default=20, help="training steps per measurement")
     p.add_argument("--frames", type=int, default=1000, help="frames extracted for frames/s")
+    p.add_argument("--sweep", default="sweeps/configs/frozen_heads.yaml", help="'' to skip")
+    p.add_argument("--trials", type=int, default=4, help="trials per side of the sweep")
+    p.add_argument("--results", default=RESULTS, help="where the sweep's stage 1 is")
     p.add_argument("--format", **fmt)
     p.set_defaults(func=_bench_features)
 

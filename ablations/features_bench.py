@@ -8,12 +8,18 @@
   on the same frames already decoded and in memory, at the same batch size.
 * Cache size per 1,000 frames, pooled only and with the taps, at 112 and 224 px (computed from
   the encoder's shapes; at the measured size also read back from disk).
+* Trials per hour of a sweep on a frozen encoder (default: ``sweeps/configs/frozen_heads.yaml``,
+  its stage 1 run or found first): the same queued trials with ``data.features: off`` (the
+  frozen encoder runs on decoded frames) and ``auto`` (the cache, filled beforehand), each on a
+  fresh study and a fresh cost cache.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -158,19 +164,56 @@ def cache_sizes(sizes: tuple[int, ...] = (112, 224)) -> list[dict]:
     return rows
 
 
+def bench_sweep_trials(config: str, trials: int, results: str) -> list[dict]:
+    from ablations.features import extract_config
+    from ablations.runner import with_stage1
+    from lightning_modules.pretrain import pretrain
+    from sweeps.bench import _draw, _run, fresh_cost_cache, throughput_row
+    from sweeps.space import load_sweep
+
+    cfg = load_sweep(config)
+    if "pretrain" in cfg:
+        cfg, stage1, _ = with_stage1(cfg, results)
+        pretrain(stage1, Path(results) / "pretrain", "disabled")
+    params = _draw(cfg, trials)
+    warm = tempfile.mkdtemp(prefix="affbench-bench-features-")
+    rows = []
+    try:
+        for features in ("off", "auto"):
+            c = copy.deepcopy(cfg)
+            c["base"].setdefault("data", {}).update(features=features, features_dir=warm)
+            if features == "auto":
+                extract_config(c, progress=False, say=lambda *a: None)
+            with fresh_cost_cache():
+                seconds, _ = _run(c, Path("bench/sweep"), f"features-{features}", params, 1)
+            row = throughput_row("trials", trials, seconds, 1)
+            row.update(measure=f"sweep trials per hour, features {features}",
+                       config=Path(config).name)  # fmt: skip
+            rows.append(row)
+    finally:
+        shutil.rmtree(warm, ignore_errors=True)
+    rows[-1]["speedup"] = round(rows[0]["wall_s"] / rows[-1]["wall_s"], 1)
+    return rows
+
+
 def bench_features(
     root: str = "data/synthetic",
     heads: tuple[str, ...] = ("gru", "mixer3"),
     img_size: int = 112,
     batches: int = 20,
     frames: int = 1000,
+    sweep: str | None = "sweeps/configs/frozen_heads.yaml",
+    trials: int = 4,
+    results: str = "ablations/results",
 ) -> list[dict]:
-    """All three, in one run, on this machine's threads (``torch.get_num_threads()``)."""
+    """All four, in one run, on this machine's threads (``torch.get_num_threads()``)."""
     os.environ.setdefault("WANDB_MODE", "disabled")
     threads = torch.get_num_threads()
     rows = bench_steps(root, heads, img_size, batches)
     rows += bench_extraction(root, img_size, frames)
     rows += cache_sizes()
+    if sweep:
+        rows += bench_sweep_trials(sweep, trials, results)
     for r in rows:
         r["threads"] = threads
     return rows
