@@ -86,9 +86,12 @@ def bench_steps(root: str, heads: tuple[str, ...], img_size: int, batches: int) 
     return rows
 
 
-def bench_extraction(root: str, img_size: int, frames: int) -> list[dict]:
+def bench_extraction(
+    root: str, img_size: int, frames: int, workers: tuple[int, ...] = (0, 1, 2)
+) -> list[dict]:
     """Extraction of the first ``frames`` frames of the training split (pooled and all taps)
-    into a fresh cache, against the encoder's plain forward on the same frames in memory."""
+    into a fresh cache with each number of decoding ``workers``, against the encoder's plain
+    forward on the same frames, decoded beforehand and in memory."""
     from datamodules.abaw import AbawDataModule
     from datamodules.augment import ClipTransform, normalize_frames
     from datamodules.dataset import decode_frame
@@ -108,10 +111,15 @@ def bench_extraction(root: str, img_size: int, frames: int) -> list[dict]:
             n += int(index.has_image[lo:hi].sum())
         if n >= frames:
             break
+    with torch.no_grad():  # both sides timed warm: the first batches build oneDNN's kernels
+        encoder(torch.zeros(64, 1, 3, img_size, img_size))
     folder = Path("bench/features")
-    shutil.rmtree(folder, ignore_errors=True)
-    cache = FeatureCache.of(encoder, dm.hparams.mean, dm.hparams.std, folder)
-    got = extract(cache, encoder, index, todo, batch_size=64, num_workers=0, progress=False)
+    extracted = {}
+    for w in workers:
+        shutil.rmtree(folder, ignore_errors=True)
+        cache = FeatureCache.of(encoder, dm.hparams.mean, dm.hparams.std, folder)
+        extracted[w] = extract(cache, encoder, index, todo, batch_size=64, num_workers=w,
+                               progress=False)  # fmt: skip
     # the plain forward: the same frames, decoded and resized beforehand, batch 64
     rows = [r for v in todo for r in range(int(index.start[v]), int(index.start[v + 1]))
             if index.has_image[r]]  # fmt: skip
@@ -131,12 +139,14 @@ def bench_extraction(root: str, img_size: int, frames: int) -> list[dict]:
         {
             "measure": "extraction",
             "img_size": img_size,
+            "decoding_workers": w,
             "frames": got["frames"],
             "extract_frames_per_s": got["frames_per_s"],
             "plain_forward_frames_per_s": round(plain, 1),
             "ratio": round(got["frames_per_s"] / plain, 2),
             "disk_mb_per_1000_frames": round(on_disk / got["frames"] * 1e3 / 1e6, 1),
         }
+        for w, got in extracted.items()
     ]
 
 
@@ -201,7 +211,7 @@ def bench_features(
     heads: tuple[str, ...] = ("gru", "mixer3"),
     img_size: int = 112,
     batches: int = 20,
-    frames: int = 1000,
+    frames: int = 2000,
     sweep: str | None = "sweeps/configs/frozen_heads.yaml",
     trials: int = 4,
     results: str = "ablations/results",

@@ -702,7 +702,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", default="gru,mixer3", help="comma-separated: {heads}")
     p.add_argument("--img-size", type=int, default=112)
     p.add_argument("--batches", type=int, default=20, help="training steps per measurement")
-    p.add_argument("--frames", type=int, default=1000, help="frames extracted for frames/s")
+    p.add_argument("--frames", type=int, default=2000, help="frames extracted for frames/s")
     p.add_argument("--sweep", default="sweeps/configs/frozen_heads.yaml", help="'' to skip")
     p.add_argument("--trials", type=int, default=4, help="trials per side of the sweep")
     p.add_argument("--results", default=RESULTS, help="where the sweep's stage 1 is")

@@ -265,13 +265,12 @@ def extract(
 ) -> dict:
     """Compute ``todo`` ({video: parts}) with ``encoder`` and write it into ``cache``. Frames are
     decoded and filled as for training (``check_batch``, the datamodule's bad-frame check, sees
-    every batch); the encoder runs in eval mode, under bf16 autocast on a GPU. Returns
-    ``{"frames": encoded frames, "seconds": ..., "frames_per_s": ...}``."""
+    every batch) by one DataLoader over all the videos' images; the encoder runs in eval mode,
+    under bf16 autocast on a GPU. Each video is written (atomically) once its last image is
+    done. Returns ``{"frames": encoded frames, "seconds": ..., "frames_per_s": ...}``."""
     from tqdm import tqdm
 
     t0 = time.perf_counter()
-    mean, std = cache.ident.mean, cache.ident.std
-    n_taps = len(cache.layout.maps)
     device = (
         torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
     )
@@ -282,91 +281,114 @@ def extract(
         model = copy.deepcopy(encoder).to(device)
     was_training = model.training
     model.eval()
-    total = 0
+    videos = [_VideoOut(cache, index, v, parts) for v, parts in todo.items()]
+    nearest = index.nearest_image_row()
+    rows = np.concatenate([v.own for v in videos]) if videos else np.zeros(0, np.int64)
+    ends = np.cumsum([len(v.own) for v in videos])  # rows done when video k is complete
     # the run's randomness must not depend on whether its features were cached already (a
     # DataLoader draws its seed from the global generator)
     with torch.random.fork_rng(devices=[device] if device is not None else []):
         try:
             cache.write_ident()
+            loader = DataLoader(
+                _FrameRows(index, rows, cache.ident.img_size),
+                batch_size=batch_size,
+                num_workers=num_workers,
+                collate_fn=collate_clips,
+            )
             bar = tqdm(
-                total=sum(_own_rows(index, v).size for v in todo),
+                total=len(rows),
                 desc=f"features {cache.ident.backbone} {cache.ident.img_size}px",
                 unit="frame",
                 disable=not progress,
                 file=sys.stderr,
                 dynamic_ncols=True,
             )
-            for v, parts in todo.items():
-                total += _extract_video(
-                    cache, model, index, v, parts, mean, std, n_taps, batch_size, num_workers,
-                    check_batch, bar,
-                )  # fmt: skip
+            done, written, dev = 0, 0, next(model.parameters()).device
+            with torch.no_grad():
+                for batch in loader:
+                    if check_batch is not None:
+                        check_batch(batch)
+                    frames = normalize_frames(batch["frames"].to(dev), *_norm(cache))
+                    with torch.autocast("cuda", torch.bfloat16, enabled=dev.type == "cuda"):
+                        maps, pooled = model(frames)
+                    outputs = {
+                        POOLED: pooled[:, 0],
+                        **{tap_part(i): m[:, 0] for i, m in enumerate(maps)},
+                    }
+                    got = batch["row"].numpy()
+                    owner = np.searchsorted(ends, np.arange(done, done + len(got)), side="right")
+                    for k in np.unique(owner).tolist():
+                        sel = owner == k
+                        videos[k].write(got[sel], outputs, batch["bad_files"], sel)
+                    done += len(got)
+                    while written < len(videos) and ends[written] <= done:
+                        videos[written].finish(nearest)
+                        written += 1
+                    bar.update(len(got))
             bar.close()
         finally:
             model.train(was_training)
     seconds = time.perf_counter() - t0
     return {
-        "frames": total,
+        "frames": int(len(rows)),
         "seconds": round(seconds, 2),
-        "frames_per_s": round(total / seconds, 1) if seconds else None,
+        "frames_per_s": round(len(rows) / seconds, 1) if seconds else None,
     }
 
 
-def _extract_video(
-    cache, model, index, v, parts, mean, std, n_taps, batch_size, num_workers, check_batch, bar
-) -> int:
-    name = index.videos[v]
-    n, fp = frame_fingerprint(index, v)
-    lo = int(index.start[v])
-    has = index.has_image[lo : lo + n]
-    own = _own_rows(index, v)  # rows with an image: each is encoded once
-    out = cache.video_dir(name)
-    meta = cache.video_meta(name)
-    if meta is None or meta.get("fingerprint") != fp or meta.get("frames") != n:
-        shutil.rmtree(out, ignore_errors=True)  # stale: every part is recomputed
-        meta = {"frames": n, "fingerprint": fp, "parts": []}
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = {p: out / f".{p}.{os.getpid()}.tmp.npy" for p in parts}
-    arrays = {
-        p: np.lib.format.open_memmap(
-            tmp[p], mode="w+", dtype=np.float16, shape=(n, *cache.layout.shape(p))
-        )
-        for p in parts
-    }
-    loader = DataLoader(
-        _FrameRows(index, own, cache.ident.img_size),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=collate_clips,
-    )
-    bad: list[str] = []
-    dev = next(model.parameters()).device
-    with torch.no_grad():
-        for batch in loader:
-            if check_batch is not None:
-                check_batch(batch)
-            bad += batch["bad_files"]
-            frames = normalize_frames(batch["frames"].to(dev), mean, std)
-            with torch.autocast("cuda", torch.bfloat16, enabled=dev.type == "cuda"):
-                maps, pooled = model(frames)
-            local = (batch["row"] - lo).numpy()
-            for p in parts:
-                x = pooled if p == POOLED else maps[int(p[3:])]
-                arrays[p][local] = x[:, 0].float().cpu().numpy().astype(np.float16)
-            bar.update(len(local))
-    # frames without an image take the features of their nearest image (the pixel loader's rule)
-    source = index.nearest_image_row()[lo : lo + n] - lo
-    fill = np.flatnonzero(~has)
-    for p in parts:
-        if len(fill):
-            arrays[p][fill] = arrays[p][source[fill]]
-        arrays[p].flush()
-        del arrays[p]
-        os.replace(tmp[p], out / f"{p}.npy")
-    meta["parts"] = sorted(set(meta["parts"]) | set(parts))
-    meta["unreadable"] = sorted(set(bad))
-    _write_json(out / "video.json", meta)
-    return len(own)
+def _norm(cache: FeatureCache) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    return cache.ident.mean, cache.ident.std
+
+
+class _VideoOut:
+    """One video's parts being written: fp16 memory maps under temporary names, renamed with its
+    ``video.json`` once every image of the video is in."""
+
+    def __init__(self, cache: FeatureCache, index: FrameIndex, v: int, parts: list[str]):
+        self.cache, self.index, self.parts = cache, index, list(parts)
+        self.name = index.videos[v]
+        self.n, fp = frame_fingerprint(index, v)
+        self.lo = int(index.start[v])
+        self.own = _own_rows(index, v)  # rows with an image: each is encoded once
+        self.out = cache.video_dir(self.name)
+        meta = cache.video_meta(self.name)
+        if meta is None or meta.get("fingerprint") != fp or meta.get("frames") != self.n:
+            shutil.rmtree(self.out, ignore_errors=True)  # stale: every part is recomputed
+            meta = {"frames": self.n, "fingerprint": fp, "parts": []}
+        self.meta, self.bad = meta, set()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.tmp = {p: self.out / f".{p}.{os.getpid()}.tmp.npy" for p in self.parts}
+        self.arrays = {
+            p: np.lib.format.open_memmap(
+                self.tmp[p], mode="w+", dtype=np.float16, shape=(self.n, *cache.layout.shape(p))
+            )
+            for p in self.parts
+        }
+
+    def write(self, rows: np.ndarray, outputs: dict, bad_files: list[str], sel: np.ndarray):
+        local = rows - self.lo
+        for p in self.parts:
+            self.arrays[p][local] = (
+                outputs[p][torch.from_numpy(sel)].to(torch.float16).cpu().numpy()
+            )
+        self.bad |= {f for f in bad_files if f"/{self.name}/" in f}
+
+    def finish(self, nearest: np.ndarray) -> None:
+        """``nearest``: the index's nearest_image_row(); frames without an image take their
+        nearest image's features (the pixel loader's rule)."""
+        lo, n = self.lo, self.n
+        source = nearest[lo : lo + n] - lo
+        fill = np.flatnonzero(~self.index.has_image[lo : lo + n])
+        for p in self.parts:
+            if len(fill):
+                self.arrays[p][fill] = self.arrays[p][source[fill]]
+            self.arrays[p].flush()
+            os.replace(self.tmp[p], self.out / f"{p}.npy")
+        self.arrays.clear()
+        self.meta["parts"] = sorted(set(self.meta["parts"]) | set(self.parts))
+        self.meta["unreadable"] = sorted(set(self.meta.get("unreadable", [])) | self.bad)
+        _write_json(self.out / "video.json", self.meta)
 
 
 def _own_rows(index: FrameIndex, v: int) -> np.ndarray:
