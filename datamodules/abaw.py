@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -230,11 +231,13 @@ class AbawDataModule(ClipLoaders, L.LightningDataModule):
                     f"{index.videos[next(iter(todo))]}: run affbench features extract with these "
                     f"settings, or set data.features: auto"
                 )
-            log.info(
-                "caching %s features of %d video(s) of %s in %s: %s",
-                ", ".join(need), len(todo), index.split, cache.folder,
-                size_line(cache.layout, need, frames),
-            )  # fmt: skip
+            if progress:  # the cost, before it is paid (once per encoder and split)
+                print(
+                    f"caching {', '.join(need)} of {len(todo)} video(s) of {index.split} in "
+                    f"{cache.folder}: {size_line(cache.layout, need, frames)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             encoder = self._encoder[0]
             return extract(
                 cache, encoder, index, todo, num_workers=self.hparams.num_workers,
