@@ -549,8 +549,9 @@ def write_reports(df: pd.DataFrame, folder: Path, cfg: dict, mode: str) -> dict[
     frontier_plot(
         points, metric, paths["plot"], title=f"{cfg['name']}: {metric} against GMACs per frame"
     )
+    strings = {c: c.split(".")[-1] for c in ("model.backbone", "model.head") if c in df}
     summary_run(
-        df.select_dtypes(include="number").join(df[["run"]]),
+        df.select_dtypes(include="number").join(df[["run", *strings]].rename(columns=strings)),
         group=cfg["name"],
         name=f"{cfg['name']}-summary",
         job_type="summary",

@@ -42,10 +42,12 @@ ARCH_COLUMNS = ("backbone", "head", "tasks")
 def trainer_defaults() -> dict:
     """What every training of the suite uses unless told otherwise (the CLI, ablation grids,
     sweeps and the learning benchmark): gradients clipped at 1.0; bf16 mixed precision on a
-    GPU, fp32 on the CPU."""
+    GPU, fp32 on the CPU; training losses and the learning rate logged every 10 steps."""
     return {
         "gradient_clip_val": 1.0,
         "precision": "bf16-mixed" if torch.cuda.is_available() else "32-true",
+        # a training curve even for short runs (Lightning's 50 hides runs of a few dozen steps)
+        "log_every_n_steps": 10,
     }
 
 
@@ -124,6 +126,21 @@ def wandb_mode(disabled: bool = False) -> str:
     with contextlib.suppress(OSError, netrc.NetrcParseError):
         logged_in = logged_in or netrc.netrc().authenticators("api.wandb.ai") is not None
     return "online" if logged_in else "offline"
+
+
+def _wandb_logger_class():
+    from lightning.pytorch.loggers import WandbLogger
+
+    class SettingsLogger(WandbLogger):
+        """A WandbLogger whose run config is the experiment's settings, nested as they are
+        (``model.head``, ``data.batch_size``), given once at init: Lightning's own dump of the
+        module's and the datamodule's arguments would add a flat second copy of the same
+        values."""
+
+        def log_hyperparams(self, params, *args, **kwargs) -> None:
+            pass
+
+    return SettingsLogger
 
 
 def flat(settings: dict, prefix: str = "") -> dict:
@@ -299,15 +316,16 @@ def train_and_score(
 ) -> dict:
     """One experiment (a grid's combination, a sweep's trial): fit, score the best checkpoint on
     val (and test when labelled), add its cost; returns the results row. Runs one W&B run,
-    named ``name`` (default :func:`run_name`) with ``config`` (default: the flattened
-    settings), finished before returning. ``callbacks`` join the checkpoint callback (a sweep's
-    pruner); ``cost`` (a :func:`cost_row`) saves the cache lookup. ``resume`` (the record of
-    an interrupted run: ``checkpoint``, ``wandb_run_id``, ``train_s``) continues that run from
-    its checkpoint, in the same W&B run. SIGTERM or Ctrl-C raise :class:`Interrupted`, the
-    state saved first when it came during training. ``stills``: stage 1 on still faces
-    (:func:`build`)."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import WandbLogger
+    named ``name`` (default :func:`run_name`), its config the settings, nested, with ``key``
+    and ``config`` (e.g. a sweep's trial number) beside them; the training losses and the
+    learning rate per step, ``val/*`` per epoch, and the best checkpoint's measures (val, test)
+    and costs in its summary; finished before returning. ``callbacks`` join the checkpoint
+    callback (a sweep's pruner); ``cost`` (a :func:`cost_row`) saves the cache lookup.
+    ``resume`` (the record of an interrupted run: ``checkpoint``, ``wandb_run_id``,
+    ``train_s``) continues that run from its checkpoint, in the same W&B run. SIGTERM or
+    Ctrl-C raise :class:`Interrupted`, the state saved first when it came during training.
+    ``stills``: stage 1 on still faces (:func:`build`)."""
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
     from lightning_modules.scoring import MONITOR
 
@@ -315,13 +333,13 @@ def train_and_score(
     L.seed_everything(settings.get("seed", 0), workers=True)
     model, data = build(settings, stills=stills)
     run_id = resume.get("wandb_run_id") or None
-    logger = WandbLogger(
+    logger = _wandb_logger_class()(
         project=PROJECT,
         group=group,
         name=name or run_name(settings),
         save_dir=str(folder),
         mode=mode,
-        config={**(config if config is not None else flat(settings)), "key": key},
+        config={**settings, "key": key, **(config or {})},
         job_type="train",
         **({"id": run_id, "resume": "allow"} if run_id else {}),
     )
@@ -333,7 +351,14 @@ def train_and_score(
     speed = _Throughput()
     trainer = L.Trainer(
         logger=logger,
-        callbacks=[ckpt, on_sigterm, _RaiseMissedSignal(), speed, *(callbacks or [])],
+        callbacks=[
+            ckpt,
+            on_sigterm,
+            _RaiseMissedSignal(),
+            speed,
+            LearningRateMonitor(logging_interval="step"),
+            *(callbacks or []),
+        ],  # fmt: skip
         default_root_dir=folder,
         **trainer_kwargs(settings),
     )
@@ -347,6 +372,9 @@ def train_and_score(
         peak = _peak_memory() - base
         best = ckpt.best_model_path or None
         check_stop()
+        # the best checkpoint's measures go to the summary below, not as a second point of the
+        # validation curve at the last step
+        trainer.loggers = []
         row = dict(trainer.validate(model, data, ckpt_path=best, verbose=False)[0])
         check_stop()
         if _test_is_labelled(data):
@@ -385,6 +413,25 @@ def train_and_score(
         logger.experiment.finish()  # one run per experiment, closed before the next
 
 
+# How tables, plots and W&B name a measure (the challenge's names), by its key's last part.
+MEASURE_NAMES = {
+    "va_ccc": "VA CCC",
+    "valence_ccc": "valence CCC",
+    "arousal_ccc": "arousal CCC",
+    "expr_f1": "EXPR F1",
+    "au_f1": "AU F1",
+    "au_f1_tuned": "AU F1 (tuned thresholds)",
+    "emi_pcc": "EMI PCC",
+    "score": "score (mean of the tasks' measures)",
+}
+
+
+def measure_label(metric: str) -> str:
+    """``val/va_ccc`` -> ``val VA CCC``."""
+    stage, _, name = metric.rpartition("/")
+    return f"{stage} {MEASURE_NAMES.get(name, name)}".strip()
+
+
 def summary_run(
     df,
     *,
@@ -397,7 +444,9 @@ def summary_run(
     summary: dict,
 ) -> None:
     """The W&B run of a grid's or a study's results (unless ``mode`` is disabled): the
-    results as a Table, the measure against GMACs per frame as a scatter, and ``summary``."""
+    results as a Table (string columns such as backbone, head and run kept, so points can be
+    coloured by them), the measure against GMACs per frame as a scatter whose axes are named
+    with the measure and the unit, and ``summary``."""
     if mode == "disabled":
         return
     import wandb
@@ -406,12 +455,14 @@ def summary_run(
         project=PROJECT, group=group, name=name, job_type=job_type, dir=str(folder), mode=mode
     )
     try:
-        table = wandb.Table(dataframe=df)
+        axes = {GMACS_PER_FRAME: "GMACs per frame", metric: measure_label(metric)}
+        table = wandb.Table(dataframe=df.rename(columns=axes))
+        title = f"{group}: {axes[metric]} against GMACs per frame"
         run.log(
             {
                 "results": table,
                 "frontier": wandb.plot.scatter(
-                    table, GMACS_PER_FRAME, metric, title=f"{group} frontier"
+                    table, axes[GMACS_PER_FRAME], axes[metric], title=title
                 ),
             }
         )

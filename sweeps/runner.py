@@ -179,7 +179,7 @@ def _attempt(
         wandb_mode,
         key=f"trial{trial.number}",
         name=name,
-        config={**trial.params, "trial": trial.number, "study": study.study_name},
+        config={"trial": trial.number, "study": study.study_name, "params": dict(trial.params)},
         callbacks=callbacks,
         cost=cost,
     )

@@ -375,7 +375,8 @@ def _check_wandb_runs(folder: Path, trials, study: str = "s") -> None:
         assert r["group"] == study and r["config"]["trial"] == t.number
         assert r["summary"]["val/score"] == pytest.approx(t.values[0], abs=1e-6)
         assert r["summary"]["gmacs_per_frame"] == pytest.approx(t.values[1])
-        assert r["config"]["model.head"] == t.params["model.head"]
+        assert r["config"]["model"]["head"] == t.params["model.head"]  # nested, as settings
+        assert r["config"]["params"] == t.params and "head" not in r["config"]
 
 
 @pytest.mark.slow

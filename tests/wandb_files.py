@@ -31,11 +31,12 @@ def _records(data: bytes, block: int = 32768):
 
 
 def read_offline_run(run_dir: Path) -> dict:
-    """{"name", "group", "id", "config", "summary"} of one offline-run-* folder."""
+    """{"name", "group", "id", "config", "summary", "history"} of one offline-run-* folder
+    (``history``: the logged rows in order, each a dict with its ``_step``)."""
     (path,) = Path(run_dir).glob("run-*.wandb")
     data = path.read_bytes()
     assert data[:4] == b":W&B", f"{path} is not a W&B run file"
-    out = {"config": {}, "summary": {}}
+    out = {"config": {}, "summary": {}, "history": []}
     for raw in _records(data):
         r = pb.Record()
         r.ParseFromString(raw)
@@ -45,6 +46,10 @@ def read_offline_run(run_dir: Path) -> dict:
             out["config"].update({i.key: json.loads(i.value_json) for i in r.run.config.update})
         elif kind == "config":
             out["config"].update({i.key: json.loads(i.value_json) for i in r.config.update})
+        elif kind == "history":  # one logged row: {key: value, ..., "_step": n}
+            out["history"].append(
+                {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+            )
         elif kind == "summary":
             for i in r.summary.update:
                 out["summary"][i.key or "/".join(i.nested_key)] = json.loads(i.value_json)

@@ -1,0 +1,69 @@
+"""What a W&B run holds: training curves, one validation point per epoch (the best checkpoint's
+measures in the summary, not as a phantom last point), the settings nested as they are, and a
+summary run whose Table keeps the string columns."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from conftest import tiny_base
+from wandb_files import read_offline_run
+
+from lightning_modules.experiment import summary_run, train_and_score
+
+
+def test_a_run_has_training_curves_a_point_per_epoch_and_nested_settings(
+    synth_root, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    settings = tiny_base(synth_root)
+    settings["model"]["head"] = "gru"
+    settings["trainer"] = {"max_epochs": 2, "limit_train_batches": 10, "limit_val_batches": 2,
+                           "limit_test_batches": 1}  # fmt: skip
+    row = train_and_score(settings, tmp_path, "g", "offline", "k1", config={"note": "x"})
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    run = read_offline_run(run_dir)
+    history = run["history"]
+    # 20 steps, a point every 10: the losses and the learning rate
+    train = [h for h in history if "train/loss" in h]
+    assert [h["trainer/global_step"] for h in train] == [9, 19]
+    assert all("train/va_loss" in h for h in train)
+    assert len([h for h in history if "lr-AdamW" in h]) >= 2
+    # one validation point per epoch; re-scoring the best checkpoint adds none
+    val = [h for h in history if "val/va_ccc" in h]
+    assert [h["epoch"] for h in val] == [0, 1]
+    assert not any("test/va_ccc" in h for h in history)
+    assert run["summary"]["val/va_ccc"] == pytest.approx(row["val/va_ccc"], abs=1e-6)
+    assert run["summary"]["test/va_ccc"] == pytest.approx(row["test/va_ccc"], abs=1e-6)
+    # the config: the settings as nested as they are, once
+    config = run["config"]
+    assert config["model"]["head"] == "gru" and config["data"]["batch_size"] == 4
+    assert config["key"] == "k1" and config["note"] == "x"
+    assert not {"head", "backbone", "model.head", "batch_size", "lr"} & set(config)
+
+
+def test_the_summary_runs_table_keeps_backbone_head_and_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    df = pd.DataFrame(
+        {
+            "run": ["a+frame", "a+gru"],
+            "backbone": ["mobilenetv4_conv_small"] * 2,
+            "head": ["frame", "gru"],
+            "gmacs_per_frame": [0.05, 0.051],
+            "val/va_ccc": [0.5, 0.6],
+        }
+    )
+    summary_run(df, group="g", name="g-summary", job_type="summary", folder=tmp_path,
+                mode="offline", metric="val/va_ccc", summary={"best": 0.6})  # fmt: skip
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    (table,) = run_dir.glob("files/media/table/results_*.table.json")
+    data = json.loads(table.read_text())
+    assert data["columns"] == ["run", "backbone", "head", "GMACs per frame", "val VA CCC"]
+    assert [r[2] for r in data["data"]] == ["frame", "gru"]
+    # the scatter reads that table, its axes named with the measure and the unit
+    run = read_offline_run(run_dir)
+    assert run["summary"]["frontier_table/path"] == run["summary"]["results/path"]
+    (panel,) = [v["panel_config"] for v in run["config"].values() if "panel_config" in dict(v)]
+    assert panel["fieldSettings"] == {"x": "GMACs per frame", "y": "val VA CCC"}
