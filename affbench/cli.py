@@ -163,6 +163,8 @@ def _base_settings(cfg: dict, args: argparse.Namespace, synth: bool = True) -> N
 
     from ablations.grid import check_overrides, set_path
 
+    if getattr(args, "verbose", False):  # read by every run, in this process and its workers
+        os.environ["AFFBENCH_VERBOSE"] = "1"
     sets = (args.set or []) + ([f"data.root={args.data_root}"] if args.data_root else [])
     for a in sets:
         if "=" not in a:
@@ -513,6 +515,9 @@ def _settings_args(p: argparse.ArgumentParser, data: str, example: str) -> None:
     p.add_argument("--no-wandb", action="store_true", help="no W&B runs at all")
     p.add_argument(
         "--synth-if-missing", action="store_true", help="write the synthetic data if absent"
+    )
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="Lightning's and W&B's own lines too"
     )
 
 

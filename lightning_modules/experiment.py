@@ -39,6 +39,31 @@ LATENCY_MS = "latency_ms_median"
 ARCH_COLUMNS = ("backbone", "head", "tasks")
 
 
+# Harmless warnings every run would repeat: Lightning's pytree deprecation, the logging interval
+# of short runs, and the eval-mode BatchNorm of a frozen encoder (on purpose: see backbone.py).
+_NOISE_WARNINGS = (
+    r".*isinstance\(treespec, LeafSpec\)",
+    r"The number of training batches .* is smaller than the logging interval",
+    r"Found \d+ module\(s\) in eval mode",
+)
+
+
+def quiet_libraries() -> None:
+    """A console that shows the suite's own lines, warnings and errors: Lightning's per-run info
+    lines (seed set, GPU/TPU available, the litlogger tip, loading the dataloader, restoring a
+    checkpoint) and W&B's banners go, with the harmless warnings above. ``AFFBENCH_VERBOSE=1``
+    (``-v``) keeps everything."""
+    if os.environ.get("AFFBENCH_VERBOSE"):
+        return
+    import warnings
+
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in _NOISE_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    os.environ.setdefault("WANDB_SILENT", "true")
+
+
 def trainer_defaults() -> dict:
     """What every training of the suite uses unless told otherwise (the CLI, ablation grids,
     sweeps and the learning benchmark): gradients clipped at 1.0; bf16 mixed precision on a
@@ -136,6 +161,11 @@ def _wandb_logger_class():
         (``model.head``, ``data.batch_size``), given once at init: Lightning's own dump of the
         module's and the datamodule's arguments would add a flat second copy of the same
         values."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # Lightning passes anonymous=None, which W&B answers with a deprecation warning
+            self._wandb_init.pop("anonymous", None)
 
         def log_hyperparams(self, params, *args, **kwargs) -> None:
             pass
@@ -330,6 +360,7 @@ def train_and_score(
     from lightning_modules.scoring import MONITOR
 
     resume = resume or {}
+    quiet_libraries()
     L.seed_everything(settings.get("seed", 0), workers=True)
     model, data = build(settings, stills=stills)
     run_id = resume.get("wandb_run_id") or None

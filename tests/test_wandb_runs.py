@@ -67,3 +67,36 @@ def test_the_summary_runs_table_keeps_backbone_head_and_run(tmp_path, monkeypatc
     assert run["summary"]["frontier_table/path"] == run["summary"]["results/path"]
     (panel,) = [v["panel_config"] for v in run["config"].values() if "panel_config" in dict(v)]
     assert panel["fieldSettings"] == {"x": "GMACs per frame", "y": "val VA CCC"}
+
+
+NOISE = ("Seed set", "GPU available", "TPU available", "litlogger", "Loading `train_dataloader`",
+         "LeafSpec", "log_every_n_steps", "logging interval", "Restoring states",
+         "Loaded model weights", "anonymous setting", "eval mode", "wandb:")  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_grid_of_two_tiny_runs_prints_none_of_the_libraries_chatter(synth_root, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    base = tiny_base(synth_root)
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump({"name": "g", "base": base,
+                                    "grid": {"model.head": ["frame", "gru"]}}))  # fmt: skip
+    cmd = [sys.executable, "-m", "affbench.cli", "ablate", str(grid), f"--results={tmp_path}"]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=repo, env=env, timeout=600)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert "g: 2 done, 0 failed" in out
+    assert [n for n in NOISE if n in out] == [], out
+    # -v shows them (a new grid: its runs train)
+    grid.write_text(grid.read_text().replace("name: g", "name: h"))
+    r = subprocess.run([*cmd, "-v"], capture_output=True, text=True, cwd=repo, env=env,
+                       timeout=600)  # fmt: skip
+    assert r.returncode == 0 and "Seed set" in r.stdout + r.stderr
