@@ -23,6 +23,8 @@ postgres:  # the Debian package, for the tests' real PostgreSQL server (no-op wh
 demo: install
 	$(BIN)/affbench ablate ablations/configs/frozen_heads.yaml --synth-if-missing --workers 2
 	$(BIN)/affbench sweep sweeps/configs/frozen_heads.yaml --synth-if-missing
+	@echo; echo "The heads grid (ablations/results/frozen_heads), again below the sweep's output:"
+	@$(BIN)/affbench table ablations/results/frozen_heads --metric val/va_ccc
 
 lint: install
 	$(BIN)/ruff check .

@@ -29,7 +29,7 @@ import signal
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
@@ -48,6 +48,7 @@ from lightning_modules.experiment import (
     build,
     cost_row,
     flat,
+    measure_label,
     resume_checkpoint,
     run_name,
     spans_devices,
@@ -57,7 +58,15 @@ from lightning_modules.experiment import (
     wandb_mode,
 )
 from lightning_modules.scoring import MONITOR
-from sweeps.engine import Plan, clear_errors, failures, queue_retries, run_workers
+from sweeps.engine import (
+    Plan,
+    clear_errors,
+    failures,
+    finished_since,
+    progress,
+    queue_retries,
+    run_workers,
+)
 from sweeps.storage import HEARTBEAT, damage_is_an_error, open_storage, shown
 
 log = logging.getLogger(__name__)
@@ -175,6 +184,7 @@ class GridPlan(Plan):
     folder: Path
     mode: str
     raise_on: tuple[int, ...] = (signal.SIGINT,)  # SIGTERM: saved at the end of the batch
+    started: float = field(default_factory=time.time)  # for the time left
 
     @property
     def study_name(self) -> str:
@@ -269,7 +279,12 @@ class GridPlan(Plan):
 
     def report(self, trial, state, values, seconds) -> None:
         what = f"{MONITOR} {values[0]:.4f}" if values else state.name.lower()
-        print(f"{self.name(trial)}: {what} ({seconds:.1f} s, pid {os.getpid()})", flush=True)
+        trials = trial.study.get_trials(deepcopy=False)
+        keys = {r["key"] for r in self.runs}
+        done = len({t.user_attrs.get("key") for t in trials
+                    if t.state == TrialState.COMPLETE} & keys)  # fmt: skip
+        where = progress(done, len(keys), finished_since(trials, self.started), self.started)
+        print(f"{where} {self.name(trial)}: {what} ({seconds:.1f} s)", flush=True)
 
     def after(self, study: optuna.Study) -> None:
         ResultsStore(self.folder).write(grid_rows(study, self.cfg))
@@ -547,7 +562,10 @@ def write_reports(df: pd.DataFrame, folder: Path, cfg: dict, mode: str) -> dict[
         .reset_index()
     )
     frontier_plot(
-        points, metric, paths["plot"], title=f"{cfg['name']}: {metric} against GMACs per frame"
+        points,
+        metric,
+        paths["plot"],
+        title=f"{cfg['name']}: {measure_label(metric)} against GMACs per frame",
     )
     strings = {c: c.split(".")[-1] for c in ("model.backbone", "model.head") if c in df}
     summary_run(
@@ -564,7 +582,15 @@ def write_reports(df: pd.DataFrame, folder: Path, cfg: dict, mode: str) -> dict[
 
 
 def main_metric(df: pd.DataFrame) -> str:
-    """The measure tables and plots use: val/score (the mean over trained tasks)."""
+    """The measure tables and plots use: the task's own (``val/va_ccc``) when every row trains
+    one and the same task, else val/score (the mean over the trained tasks)."""
+    from lightning_modules.scoring import MEASURE, metric_key
+
+    tasks = set(df["model.tasks"].astype(str)) if "model.tasks" in df else set()
+    if len(tasks) == 1 and (task := tasks.pop()) in MEASURE:
+        own = metric_key("val", MEASURE[task])
+        if own in df:
+            return own
     return MONITOR if MONITOR in df else next(c for c in df.columns if c.startswith("val/"))
 
 

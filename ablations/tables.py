@@ -27,7 +27,11 @@ def read_results(path: str | Path) -> pd.DataFrame:
 
 
 def _label(metric: str) -> str:
-    return metric.split("/", 1)[-1]
+    """The measure as the challenge names it: ``val/va_ccc`` -> ``VA CCC``."""
+    from lightning_modules.experiment import MEASURE_NAMES
+
+    name = metric.split("/", 1)[-1]
+    return MEASURE_NAMES.get(name, name)
 
 
 def summarise(df: pd.DataFrame, rows: str, cols: str, metric: str) -> pd.DataFrame:

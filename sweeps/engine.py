@@ -87,6 +87,28 @@ class Plan:
         """After each trial is told (a grid writes its results store)."""
 
 
+def progress(done: int, total: int, recent: int, started: float) -> str:
+    """``[7/24 done, about 2 min left]``: ``done`` of ``total``, and the time left at the pace of
+    the ``recent`` runs that finished since ``started`` (``time.time()``; every worker's)."""
+    left = max(total - done, 0)
+    line = f"[{done}/{total} done"
+    elapsed = time.time() - started
+    if left and recent and elapsed > 0:
+        eta = left * elapsed / recent
+        line += f", about {eta / 60:.0f} min left" if eta >= 90 else f", about {eta:.0f} s left"
+    return line + "]"
+
+
+def finished_since(trials: list, started: float) -> int:
+    """How many of ``trials`` finished (complete or pruned) after ``started``."""
+    return sum(
+        t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        and t.datetime_complete is not None
+        and t.datetime_complete.timestamp() >= started
+        for t in trials
+    )
+
+
 # A worker's Ctrl-C / SIGTERM (module docstring): which signals may raise now
 _live: dict = {"signals": ()}
 

@@ -26,7 +26,7 @@ import math
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
@@ -34,7 +34,16 @@ from optuna.trial import TrialState
 
 from core.errors import ConfigError
 from lightning_modules.experiment import PARAMS_M, cost_row, run_name, train_and_score
-from sweeps.engine import Plan, clear_errors, failures, queue_retries, run_workers, serve
+from sweeps.engine import (
+    Plan,
+    clear_errors,
+    failures,
+    finished_since,
+    progress,
+    queue_retries,
+    run_workers,
+    serve,
+)
 from sweeps.space import COST, LATENCY, directions, make_pruner, make_sampler, objective_names
 from sweeps.space import suggest as suggest_settings
 from sweeps.storage import damage_is_an_error, open_storage, shown
@@ -101,6 +110,7 @@ class SweepPlan(Plan):
     out: Path
     wandb_mode: str = "offline"
     worker: int = 0
+    started: float = field(default_factory=time.time)  # for the time left
 
     @property
     def heartbeat(self) -> dict:
@@ -127,7 +137,10 @@ class SweepPlan(Plan):
         return _attempt(study, trial, self.cfg, self.out, self.wandb_mode)
 
     def report(self, trial, state, values, seconds) -> None:
-        _report(trial.number, state, values, self.cfg, seconds)
+        trials = trial.study.get_trials(deepcopy=False)
+        done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+        where = progress(done, self.n_trials, finished_since(trials, self.started), self.started)
+        _report(trial.number, state, values, self.cfg, seconds, where)
 
 
 def work(
@@ -195,13 +208,15 @@ def _attempt(
     return TrialState.COMPLETE, values
 
 
-def _report(number: int, state: TrialState, values, cfg: dict, seconds: float) -> None:
+def _report(
+    number: int, state: TrialState, values, cfg: dict, seconds: float, where: str = ""
+) -> None:
     what = (
         ", ".join(f"{k} {v:.4g}" for k, v in zip(objective_names(cfg), values, strict=True))
         if values and state == TrialState.COMPLETE
         else state.name.lower()
     )
-    print(f"trial {number}: {what} ({seconds:.1f} s, pid {os.getpid()})", flush=True)
+    print(f"{where} trial {number}: {what} ({seconds:.1f} s)".lstrip(), flush=True)
 
 
 def run_sweep(

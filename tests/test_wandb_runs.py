@@ -100,3 +100,16 @@ def test_a_grid_of_two_tiny_runs_prints_none_of_the_libraries_chatter(synth_root
     r = subprocess.run([*cmd, "-v"], capture_output=True, text=True, cwd=repo, env=env,
                        timeout=600)  # fmt: skip
     assert r.returncode == 0 and "Seed set" in r.stdout + r.stderr
+
+
+def test_the_progress_line_counts_and_estimates_from_the_pace_so_far():
+    import time
+
+    from sweeps.engine import progress
+
+    now = time.time()
+    # 3 runs finished in the last 30 s: 10 s each, 7 to go
+    assert progress(3, 10, 3, now - 30) == "[3/10 done, about 70 s left]"
+    assert progress(3, 10, 3, now - 300) == "[3/10 done, about 12 min left]"
+    assert progress(10, 10, 10, now - 30) == "[10/10 done]"
+    assert progress(2, 10, 0, now - 30) == "[2/10 done]"  # resumed: no pace measured yet
