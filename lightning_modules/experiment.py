@@ -330,7 +330,44 @@ def _test_is_labelled(data) -> bool:
     )
 
 
-def train_and_score(
+@contextlib.contextmanager
+def run_log(path: Path):
+    """Lightning's lines of one run, INFO and up, into ``path`` (the console keeps only its
+    warnings and errors unless ``AFFBENCH_VERBOSE``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    quiet = not os.environ.get("AFFBENCH_VERBOSE")
+    saved = []
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        lg = logging.getLogger(name)
+        saved.append((lg, lg.level, [(h, h.level) for h in lg.handlers]))
+        if quiet:
+            for h in lg.handlers:
+                h.setLevel(max(h.level, logging.WARNING))
+        lg.setLevel(logging.INFO)
+        lg.addHandler(handler)
+    try:
+        yield path
+    finally:
+        for lg, level, handlers in saved:
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+            for h, h_level in handlers:
+                h.setLevel(h_level)
+        handler.close()
+
+
+def train_and_score(settings: dict, folder: Path, group: str, mode: str, key: str, **kw) -> dict:
+    """:func:`_train_and_score` with Lightning's lines of the run in ``<folder>/logs/<key>.log``
+    (beside its results; ``-v`` shows them live too)."""
+    quiet_libraries()
+    with run_log(Path(folder) / "logs" / f"{key}.log"):
+        return _train_and_score(settings, folder, group, mode, key, **kw)
+
+
+def _train_and_score(
     settings: dict,
     folder: Path,
     group: str,
@@ -360,7 +397,6 @@ def train_and_score(
     from lightning_modules.scoring import MONITOR
 
     resume = resume or {}
-    quiet_libraries()
     L.seed_everything(settings.get("seed", 0), workers=True)
     model, data = build(settings, stills=stills)
     run_id = resume.get("wandb_run_id") or None

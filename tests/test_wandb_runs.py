@@ -95,6 +95,10 @@ def test_a_grid_of_two_tiny_runs_prints_none_of_the_libraries_chatter(synth_root
     assert r.returncode == 0, out[-3000:]
     assert "g: 2 done, 0 failed" in out
     assert [n for n in NOISE if n in out] == [], out
+    # what the console leaves out is in each run's log, beside the results
+    logs = sorted((tmp_path / "g" / "logs").glob("*.log"))
+    assert len(logs) == 2
+    assert all("Seed set" in p.read_text() and "Restoring states" in p.read_text() for p in logs)
     # -v shows them (a new grid: its runs train)
     grid.write_text(grid.read_text().replace("name: g", "name: h"))
     r = subprocess.run([*cmd, "-v"], capture_output=True, text=True, cwd=repo, env=env,
