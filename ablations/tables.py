@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from pandas.io.formats.style import Styler
 
-from lightning_modules.experiment import GMACS_PER_FRAME, LATENCY_MS, PARAMS_M
+from lightning_modules.experiment import GMACS_PER_FRAME, PARAMS_M
 
 LOWER_IS_BETTER = ("loss",)  # a measure whose name holds one of these is minimised
 
@@ -58,12 +58,14 @@ def table_frame(
     col_order = list(dict.fromkeys(s[cols]))
     text, best = {}, {}
     lower = any(w in metric for w in LOWER_IS_BETTER)
+    seeds = int(s["count"].max()) if len(s) else 0
     for c in col_order:
         part = s[s[cols] == c].set_index(rows).reindex(row_order)
-        name = (str(c), f"{label} (mean ± std)")
+        # one seed has no spread to show: the count says so instead of a "± 0.000"
+        name = (str(c), f"{label} (mean ± std)" if seeds > 1 else f"{label} (1 seed)")
         text[name] = [
-            "" if np.isnan(m) else f"{m:.3f} ± {sd:.3f}"
-            for m, sd in zip(part["mean"], part["std"], strict=True)
+            "" if np.isnan(m) else f"{m:.3f} ± {sd:.3f}" if n > 1 else f"{m:.3f}"
+            for m, sd, n in zip(part["mean"], part["std"], part["count"], strict=True)
         ]
         target = part["mean"].min() if lower else part["mean"].max()
         best[name] = list(part["mean"] == target)
@@ -90,7 +92,11 @@ def _values(df: pd.DataFrame, column: str) -> str:
 
 def caption(df: pd.DataFrame, metric: str) -> str:
     seeds = int(df["seed"].nunique()) if "seed" in df else 1
-    parts = [f"{_label(metric)}: mean ± std over {seeds} seed(s)."]
+    parts = [
+        f"{_label(metric)}: mean ± std over {seeds} seeds."
+        if seeds > 1
+        else f"{_label(metric)}: one seed."
+    ]
     if GMACS_PER_FRAME in df:
         size = _values(df, "img_size")
         t = _values(df, "seq_len")
@@ -98,11 +104,7 @@ def caption(df: pd.DataFrame, metric: str) -> str:
             f"MACs are multiply-accumulates (1 MAC = 2 FLOPs), per frame, at {size} px "
             f"with clips of T = {t}."
         )
-    if LATENCY_MS in df and "device" in df:
-        dev = df["device"].iloc[0]
-        threads = f"{df['threads'].iloc[0]:g}" if "threads" in df else "?"
-        parts.append(f"Latency: median per clip, batch 1, on {dev} with {threads} thread(s).")
-    return " ".join(parts)
+    return " ".join(parts)  # (no latency sentence: the table has no latency column)
 
 
 def latex_escaped(styler: Styler, **format_kw) -> Styler:
@@ -134,7 +136,7 @@ def render(df: pd.DataFrame, rows: str, cols: str, metric: str, fmt: str = "md")
         )
         return styler.to_latex(
             caption=cap.replace("_", r"\_").replace("±", r"$\pm$"),
-            label=f"tab:{_label(metric)}",
+            label=f"tab:{metric.replace('/', '-')}",
             hrules=True,
             environment="table",
             position_float="centering",

@@ -138,7 +138,10 @@ def test_table_numbers_and_formats():
     assert "**0.610 ± 0.010**" in md  # the best mean, in bold
     assert "0.520 ± 0.020" in md and "**0.520" not in md
     assert "Params (M)" in md and "GMACs / frame" in md and "1 MAC = 2 FLOPs" in md
-    assert "at 112 px with clips of T = 8." in md and "with 2 thread(s)" in md
+    assert "at 112 px with clips of T = 8." in md
+    assert "Latency" not in md  # the table has no latency column: no sentence about one
+    one = render(df[df["seed"] == 0], "model.head", "model.backbone", "val/va_ccc", "md")
+    assert "±" not in one.split("\n\n")[0] and "VA CCC (1 seed)" in one and "one seed." in one
     tex = render(df, "model.head", "model.backbone", "val/va_ccc", "latex")
     body = tex[tex.index("\\begin{tabular}") : tex.index("\\end{tabular}")]
     assert tex.lstrip().startswith("\\begin{table}") and tex.rstrip().endswith("\\end{table}")
