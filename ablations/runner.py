@@ -32,17 +32,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from ablations.frontier import frontier_plot
+from ablations.frontier import COST_AXES, frontier_plot, short_label
 from ablations.grid import expand
 from ablations.tables import render
 from core.errors import ConfigError
 from core.paths import RESULTS
 from lightning_modules.experiment import (
     GMACS_PER_FRAME,
+    LATENCY_MS,
     PARAMS_M,
     Interrupted,
     build,
@@ -552,21 +554,29 @@ def write_reports(df: pd.DataFrame, folder: Path, cfg: dict, mode: str) -> dict[
     }
     paths["md"].write_text(render(df, rows, cols, metric, "md"))
     paths["latex"].write_text(render(df, rows, cols, metric, "latex"))
-    points = (
-        df.groupby("run", sort=False).agg({metric: "mean", GMACS_PER_FRAME: "first"}).reset_index()
-    )
-    points["label"] = points["run"].str.replace(r"_s\d+$", "", regex=True)
-    points = (
-        points.groupby("label", sort=False)
-        .agg({metric: "mean", GMACS_PER_FRAME: "first"})
-        .reset_index()
-    )
-    frontier_plot(
-        points,
-        metric,
-        paths["plot"],
-        title=f"{cfg['name']}: {measure_label(metric)} against GMACs per frame",
-    )
+    # one point per model: the seeds' mean, labelled by its head (and backbone where several)
+    named = df.assign(label=df["run"].str.replace(r"_s\d+$", "", regex=True))
+    agg = {metric: "mean"} | {
+        c: "first"
+        for c in (GMACS_PER_FRAME, LATENCY_MS, PARAMS_M, "model.head", "model.backbone")
+        if c in df
+    }
+    points = named.groupby("label", sort=False).agg(agg).reset_index()
+    points = points.rename(columns={"model.head": "head", "model.backbone": "backbone"})
+    several = "backbone" in points and points["backbone"].nunique() > 1
+    short = points.apply(short_label, axis=1, several_backbones=several)
+    if not short.duplicated().any():  # other axes vary too (T, lr...): the run's own label
+        points["label"] = short
+    for cost, path in (
+        (GMACS_PER_FRAME, paths["plot"]),
+        (LATENCY_MS, folder / "frontier_latency.png"),
+        (PARAMS_M, folder / "frontier_params.png"),
+    ):
+        if cost in points and points[cost].notna().any():
+            frontier_plot(points, metric, path, cost=cost,
+                          title=f"{cfg['name']}: {measure_label(metric)} against "
+                          f"{COST_AXES[cost].split(' (')[0]}")  # fmt: skip
+            plt.close("all")
     strings = {c: c.split(".")[-1] for c in ("model.backbone", "model.head") if c in df}
     summary_run(
         df.select_dtypes(include="number").join(df[["run", *strings]].rename(columns=strings)),

@@ -16,7 +16,7 @@ import pandas as pd
 
 from ablations.frontier import frontier_plot, pareto_mask
 from ablations.tables import latex_escaped
-from lightning_modules.experiment import PARAMS_M, summary_run
+from lightning_modules.experiment import PARAMS_M, measure_label, summary_run
 from sweeps.space import COST, LATENCY
 
 COLUMNS = {COST: "GMACs / frame", PARAMS_M: "Params (M)", LATENCY: "Latency (ms)"}
@@ -84,6 +84,20 @@ def frontier_table(study: optuna.Study, fmt: str = "md") -> str:
     raise ValueError(f"format must be md, latex or csv, got {fmt!r}")
 
 
+def _settings_label(row: pd.Series) -> str:
+    """A front point's label: ``#12 gru T8 hidden 64`` (the trial, its head, clip length and the
+    head's own settings; the rest are in the frontier table)."""
+    parts = [f"#{row['trial']}", str(row.get("head", "") or "")]
+    if pd.notna(row.get("seq_len", np.nan)):
+        parts.append(f"T{int(row['seq_len'])}")
+    for k, v in row.items():
+        # head settings are the space entries named <head>.<setting> (gru.hidden, mixer.levels)
+        if "." in str(k) and not str(k).startswith(("val/", "test/", "data.")) and pd.notna(v):
+            parts.append(f"{str(k).split('.')[-1]} {v:g}" if isinstance(v, float) else
+                         f"{str(k).split('.')[-1]} {v}")  # fmt: skip
+    return " ".join(p for p in parts if p)
+
+
 def write_frontier(
     study: optuna.Study,
     out: str | Path,
@@ -95,12 +109,12 @@ def write_frontier(
     df = trials_frame(study)
     metric = (study.metric_names or ["val/score"])[0]
     done = df[df["state"] == "complete"].copy() if len(df) else df
-    done["label"] = "#" + done["trial"].astype(str)
+    done["label"] = [_settings_label(r) for _, r in done.iterrows()] if len(done) else []
     frontier_plot(
         done,
         metric,
         out,
-        title=f"{study.study_name}: {metric} against GMACs per frame",
+        title=f"{study.study_name}: {measure_label(metric)} against GMACs per frame",
         front="front",
         label_front_only=True,
     )

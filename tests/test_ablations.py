@@ -12,7 +12,7 @@ from conftest import TINY, tiny_base
 from PIL import Image
 from wandb_files import read_offline_run
 
-from ablations.frontier import frontier_plot, pareto_mask
+from ablations.frontier import frontier_plot, pareto_mask, short_label
 from ablations.grid import expand, load_grid
 from ablations.runner import ResultsStore, check_runs, grid_rows, open_grid, run_grid
 from ablations.tables import render, summarise
@@ -168,7 +168,43 @@ def test_pareto_and_plot(tmp_path):
     fig = frontier_plot(df, "val/score", tmp_path / "f.png")
     assert len(fig.axes[0].collections[0].get_offsets()) == 5  # one point per model
     assert Image.open(tmp_path / "f.png").size[0] > 100
+    assert (tmp_path / "f.pdf").read_bytes()[:4] == b"%PDF"
     assert fig.axes[0].get_xscale() == "log"
+
+
+def test_a_crowded_frontier_plot_keeps_every_label_apart_and_every_point_visible(tmp_path):
+    """Eight heads x two backbones, most of them within a few hundredths of each other: no
+    two labels overlap, no label leaves the axes, every point lies inside the axes, one colour
+    per head and one marker per backbone, the measure named on the axis."""
+    heads = ["frame", "mean", "gru", "transformer", "tcn", "mixer1", "mixer3", "mixer3_frame"]
+    rng = np.random.default_rng(0)
+    rows = [
+        {"head": h, "backbone": b, "val/va_ccc": 0.55 + 0.02 * rng.standard_normal(),
+         "gmacs_per_frame": (0.035 if b == "mobilenetv4_conv_small" else 0.6) * (1 + 0.03 * i)}
+        for b in ("mobilenetv4_conv_small", "resnet18") for i, h in enumerate(heads)
+    ]  # fmt: skip
+    df = pd.DataFrame(rows)
+    df["label"] = [short_label(r, True) for _, r in df.iterrows()]
+    fig = frontier_plot(df, "val/va_ccc", tmp_path / "crowded.png")
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    from matplotlib.text import Text
+
+    for t in ax.texts:
+        t.update_positions(renderer)
+    boxes = [Text.get_window_extent(t, renderer) for t in ax.texts]  # the text, not its line
+    assert len(boxes) == len(df)
+    assert not [(i, j) for i in range(len(boxes)) for j in range(i) if boxes[i].overlaps(boxes[j])]
+    frame = ax.get_window_extent(renderer)
+    assert all(frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1
+               for b in boxes)  # fmt: skip
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    pts = ax.collections[0].get_offsets()
+    assert len(pts) == len(df) and all(x0 < x < x1 and y0 < y < y1 for x, y in pts)
+    assert ax.get_ylabel() == "val VA CCC" and ax.get_xlabel().startswith("GMACs per frame")
+    legend = {t.get_text() for t in fig.legends[0].get_texts()}
+    assert set(heads) <= legend and {"mobilenetv4_conv_small", "resnet18", "Pareto front"} <= legend
+    assert short_label(df.iloc[0], True) == "MNv4-Conv-S frame"
 
 
 def _study_of(tmp_path, cfg):
