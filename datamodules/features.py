@@ -240,7 +240,8 @@ class _FrameRows(ClipDataset):
         row = int(self.rows[i])
         bad: list[str] = []
         img, used = self._load(row, bad)
-        clip = self.transform((img if img is not None else torch.zeros(3, 112, 112))[None])
+        blank = torch.zeros(3, 112, 112, dtype=torch.uint8)  # a video without a readable image
+        clip = self.transform((img if img is not None else blank)[None])
         own = bool(self.index.has_image[row])
         return {
             "frames": clip,
