@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from core.errors import DataError
 from core.keys import settings_key
 from core.paths import cache_root
 from datamodules.augment import ClipTransform, normalize_frames
@@ -191,14 +192,30 @@ class FeatureCache:
             meta = self.video_meta(name)
             if meta is None or meta.get("fingerprint") != fp or meta.get("frames") != n:
                 out[v] = list(parts)
-            else:
-                need = [p for p in parts if p not in meta.get("parts", [])]
+            else:  # a part listed but damaged (truncated, overwritten) is computed again
+                listed = meta.get("parts", [])
+                need = [p for p in parts if p not in listed or not self._intact(name, p, n)]
                 if need:
                     out[v] = need
         return out
 
+    def _intact(self, video: str, part: str, n: int) -> bool:
+        try:
+            return self.open(video, part).shape == (n, *self.layout.shape(part))
+        except DataError:
+            return False
+
     def open(self, video: str, part: str) -> np.ndarray:
-        return np.load(self.video_dir(video) / f"{part}.npy", mmap_mode="r")
+        """One part of one video, memory-mapped; a DataError naming the file if it is damaged
+        (set-up checks every part first and extracts a damaged one again)."""
+        path = self.video_dir(video) / f"{part}.npy"
+        try:
+            return np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise DataError(
+                f"cached features {path} cannot be read ({type(e).__name__}: {e}); delete it "
+                "and run again to extract it anew"
+            ) from None
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.folder.rglob("*.npy"))

@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import TINY, frame_jpeg, va_text, write_tree
 
-from core.errors import ConfigError
+from core.errors import ConfigError, DataError
 from datamodules.abaw import AbawDataModule
 from datamodules.augment import normalize_frames
 from datamodules.features import FeatureCache, FeatureDataset, parts_for
@@ -284,3 +284,21 @@ def test_a_frozen_two_stage_grid_and_sweep_share_stage1_and_features(synth_root,
     assert "stage 1 (done)" in swept and "2 finished" in swept
     assert len(list((results / "pretrain").glob("*/encoder.ckpt"))) == 1
     assert [p.stat().st_mtime_ns for p in files] == stamps
+
+
+def test_a_damaged_cache_file_is_extracted_again_and_named_when_read(tmp_path):
+    root = _small_tree(tmp_path / "data")
+    torch.manual_seed(0)
+    dm = _data(root)
+    dm.attach_encoder(FrameEncoder(TINY, img_size=IMG, freeze="all"))
+    dm.setup("fit")
+    cache, parts = dm.feature_cache()
+    index = dm.indexes[SPLITS[0]]
+    good = np.array(cache.open("a", "pooled"))
+    path = cache.video_dir("a") / "pooled.npy"
+    path.write_bytes(path.read_bytes()[:200])  # truncated (a full disk, a killed copy)
+    with pytest.raises(DataError, match=f"cached features {path} cannot be read"):
+        cache.open("a", "pooled")
+    assert cache.missing(index, parts) == {0: ["pooled"]}
+    assert dm.ensure_features(index, progress=False)["frames"] == 19
+    np.testing.assert_array_equal(np.array(cache.open("a", "pooled")), good)
