@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DATA   ?= data/synthetic
 
-.PHONY: install postgres demo test lint format bench clean
+.PHONY: install postgres tex demo test lint format bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ install: $(VENV)/.installed
 postgres:  # the Debian package, for the tests' real PostgreSQL server (no-op when present)
 	.ci/install-postgres
 
+tex:  # Debian's texlive and poppler, for the test that compiles the LaTeX tables (no-op when present)
+	.ci/install-tex
+
 demo: install
 	$(BIN)/affbench ablate ablations/configs/frozen_heads.yaml --synth-if-missing --workers 2
 	$(BIN)/affbench sweep sweeps/configs/frozen_heads.yaml --synth-if-missing
@@ -30,7 +33,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint postgres
+test: lint postgres tex
 	$(BIN)/pytest
 
 format: install

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator  # noqa: E402
 
 from lightning_modules.experiment import (  # noqa: E402
     GMACS_PER_FRAME,
@@ -57,22 +57,62 @@ def _log_ticks(ax, values: np.ndarray) -> None:
     lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
     if hi <= 0 or hi / max(lo, 1e-12) >= 10:
         return
-    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)))
-    ax.xaxis.set_minor_locator(LogLocator(subs="all", numticks=50))
+    if hi / max(lo, 1e-12) < 3:  # within a factor of 3 the 1-1.5-2-3 ticks leave 1 or 2: even steps
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6))
+        ax.xaxis.set_minor_locator(NullLocator())
+    else:
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0)))
+        ax.xaxis.set_minor_locator(LogLocator(subs="all", numticks=50))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
 
 
-def _place_labels(fig, ax, xs, ys, texts: list[str]) -> list:
+def _merge_coincident(pts: np.ndarray, texts: list[str], within: float) -> list[list[int]]:
+    """Groups of points (indices) whose markers lie within ``within`` pixels of the group's
+    first: models with nearly the same cost and measure share one label."""
+    groups: list[list[int]] = []
+    for k in range(len(pts)):
+        for g in groups:
+            if np.hypot(*(pts[k] - pts[g[0]])) <= within and texts[k] not in [texts[j] for j in g]:
+                g.append(k)
+                break
+        else:
+            groups.append([k])
+    return groups
+
+
+def _crosses(box, segments: np.ndarray) -> int:
+    """How many axis-parallel segments ((N, 2, 2) in pixels: the front's steps) cross ``box``."""
+    n = 0
+    for (xa, ya), (xb, yb) in segments:
+        x0, x1, y0, y1 = min(xa, xb), max(xa, xb), min(ya, yb), max(ya, yb)
+        n += x0 <= box.x1 and x1 >= box.x0 and y0 <= box.y1 and y1 >= box.y0
+    return n
+
+
+def _place_labels(fig, ax, xs, ys, texts: list[str], line: tuple | None = None) -> list:
     """Annotate each point with its text at the first offset whose box overlaps no box placed
-    so far, no point's marker, and stays inside the axes; the least crowded offset otherwise."""
+    so far, no point's marker, not the front's line (``line``: its x and y, drawn as steps) and
+    stays inside the axes; the least crowded offset otherwise. Points drawn on top of each other
+    get one label naming them all, a line each."""
     fig.canvas.draw()  # the constrained layout, once: then frozen, so no label moves after
     fig.set_layout_engine("none")
     renderer = fig.canvas.get_renderer()
     axes_box = ax.get_window_extent(renderer)
-    pts = ax.transData.transform(np.column_stack([xs, ys]))
+    pts = ax.transData.transform(np.column_stack([xs, ys])) if len(xs) else np.zeros((0, 2))
+    segments = np.zeros((0, 2, 2))
+    if line is not None and len(line[0]) > 1:  # steps "post": across at y_i, then up to y_i+1
+        lx, ly = (np.asarray(v, float) for v in line)
+        corners = np.column_stack([np.repeat(lx, 2)[1:], np.repeat(ly, 2)[:-1]])
+        corners = ax.transData.transform(corners)
+        segments = np.stack([corners[:-1], corners[1:]], axis=1)
     placed, artists = [], []
     radius = 0.09 * fig.dpi  # pixels around a marker centre (the front ring) a label must not cover
+    groups = _merge_coincident(pts, texts, within=0.05 * fig.dpi)
+    groups = [sorted(g, key=lambda j: -pts[j][1]) for g in groups]  # lines top-down as points
+    xs, ys = [xs[g[0]] for g in groups], [ys[g[0]] for g in groups]
+    texts = ["\n".join(texts[j] for j in g) for g in groups]  # one line each, stacked
+    owners = [set(g) for g in groups]
     for k, ((x, y), text) in enumerate(zip(zip(xs, ys, strict=True), texts, strict=True)):
         best, best_bad = None, None
         for dx, dy in _OFFSETS:
@@ -89,8 +129,9 @@ def _place_labels(fig, ax, xs, ys, texts: list[str]) -> list:
             bad += sum(
                 box.x0 - radius < qx < box.x1 + radius and box.y0 - radius < qy < box.y1 + radius
                 for j, (qx, qy) in enumerate(pts)
-                if j != k  # its own point: the label sits beside it by construction
+                if j not in owners[k]  # its own points: the label sits beside them
             )
+            bad += _crosses(box, segments)
             inside = (box.x0 >= axes_box.x0 and box.x1 <= axes_box.x1
                       and box.y0 >= axes_box.y0 and box.y1 <= axes_box.y1)  # fmt: skip
             bad += 0 if inside else 10
@@ -116,13 +157,15 @@ def frontier_plot(
     title: str = "",
     front: str | None = None,
     label_front_only: bool = False,
+    shown: str | None = None,
 ) -> plt.Figure:
     """Each model a point (the measure against ``cost``, log x), coloured by its ``head`` and
     shaped by its ``backbone`` where those columns exist, the Pareto front dashed and ringed,
     labels from ``label`` placed without overlaps; saved at ``out`` (PNG) and beside it as PDF.
     Returns the figure (its first collection holds one point per model). ``front`` names a
     boolean column marking the front (else it is computed on these two axes);
-    ``label_front_only`` labels only its points (a sweep's hundreds of trials)."""
+    ``label_front_only`` labels only its points (a sweep's hundreds of trials); ``shown`` names
+    the measure on the axis where it differs from ``metric`` (a one-task sweep's score)."""
     d = df.dropna(subset=[metric, cost]).reset_index(drop=True)
     front = d[front].to_numpy(bool) if front else pareto_mask(d[cost], d[metric])
     heads = list(dict.fromkeys(d["head"].astype(str))) if "head" in d else []
@@ -137,8 +180,17 @@ def frontier_plot(
     ax.scatter(d[cost], d[metric], s=0, zorder=1)
     for m in dict.fromkeys(marker):
         sel = np.array([k == m for k in marker])
-        ax.scatter(d[cost][sel], d[metric][sel], c=[c for c, s in zip(colour, sel, strict=True)
-                   if s], marker=m, s=36, zorder=3, edgecolors="none", alpha=0.85)  # fmt: skip
+        ax.scatter(
+            d[cost][sel],
+            d[metric][sel],
+            c=[c for c, s in zip(colour, sel, strict=True) if s],
+            marker=m,
+            s=36,
+            zorder=3,
+            edgecolors="white",
+            linewidths=0.5,
+            alpha=0.85,
+        )  # fmt: skip  (a white rim: a point over another leaves it seen)
     f = d[front].sort_values(cost)
     ax.scatter(f[cost], f[metric], s=110, facecolors="none", edgecolors="black", linewidths=1.0,
                zorder=4)  # fmt: skip
@@ -148,8 +200,8 @@ def frontier_plot(
     _log_ticks(ax, d[cost].to_numpy(float))
     ax.margins(x=0.22, y=0.15)  # room for the labels of the outermost points
     ax.set_xlabel(f"{COST_AXES.get(cost, cost)} (log scale)")
-    ax.set_ylabel(measure_label(metric))
-    title = title or f"{measure_label(metric)} against {COST_AXES.get(cost, cost)}"
+    ax.set_ylabel(measure_label(shown or metric))
+    title = title or f"{measure_label(shown or metric)} against {COST_AXES.get(cost, cost)}"
     ax.set_title(textwrap.fill(title, 60), fontsize=9)  # beside the legend: short lines
     ax.grid(alpha=0.3, which="major")
 
@@ -161,9 +213,10 @@ def frontier_plot(
                        label=b) for i, b in enumerate(backbones) if len(backbones) > 1]  # fmt: skip
     fig.legend(handles=handles, loc="outside right upper", fontsize=7, frameon=False)
 
-    shown = d[front] if label_front_only else d
-    _place_labels(fig, ax, shown[cost].to_numpy(float), shown[metric].to_numpy(float),
-                  [str(v) for v in shown.get(label, pd.Series([""] * len(shown)))])  # fmt: skip
+    named = d[front] if label_front_only else d
+    _place_labels(fig, ax, named[cost].to_numpy(float), named[metric].to_numpy(float),
+                  [str(v) for v in named.get(label, pd.Series([""] * len(named)))],
+                  line=(f[cost].to_numpy(float), f[metric].to_numpy(float)))  # fmt: skip
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
@@ -186,6 +239,8 @@ def short_backbone(name: str) -> str:
              "small": "S", "medium": "M", "large": "L", "efficientnet": "EffNet"}  # fmt: skip
     out = []
     for p in name.split("_"):
+        if p == "100":  # the default width: timm's mobilenetv3_large_100 is MNv3-L
+            continue
         if p.isdigit() and len(p) == 3:
             out.append(f"{int(p) / 100:g}")
         else:

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pandas.io.formats.style import Styler
 
+from ablations.latex import PAGE_PT, tabular_latex, width_pt
 from lightning_modules.experiment import GMACS_PER_FRAME, PARAMS_M
 
+GMACS_LABEL = "GMACs / frame"
 LOWER_IS_BETTER = ("loss",)  # a measure whose name holds one of these is minimised
 
 
@@ -73,10 +74,10 @@ def table_frame(
             text[(str(c), "Params (M)")] = [f"{v:.2f}" if v == v else "" for v in part[PARAMS_M]]
             best[(str(c), "Params (M)")] = [False] * len(part)
         if GMACS_PER_FRAME in part:
-            text[(str(c), "GMACs / frame")] = [
+            text[(str(c), GMACS_LABEL)] = [
                 f"{v:.3f}" if v == v else "" for v in part[GMACS_PER_FRAME]
             ]
-            best[(str(c), "GMACs / frame")] = [False] * len(part)
+            best[(str(c), GMACS_LABEL)] = [False] * len(part)
     index = pd.Index([str(r) for r in row_order], name=rows.split(".")[-1])
     columns = pd.MultiIndex.from_tuples(list(text), names=[cols.split(".")[-1], ""])
     return (
@@ -107,15 +108,44 @@ def caption(df: pd.DataFrame, metric: str) -> str:
     return " ".join(parts)  # (no latency sentence: the table has no latency column)
 
 
-def latex_escaped(styler: Styler, **format_kw) -> Styler:
-    """Cells, labels and index names with LaTeX's special characters escaped (``mobilenetv4_conv``
-    would not compile): pandas' own escaping. ``format_kw`` go to ``Styler.format``."""
-    styler = styler.format(escape="latex", **format_kw).format_index(escape="latex", axis=0)
-    styler = styler.format_index(escape="latex", axis=1)
-    if hasattr(styler, "format_index_names"):  # pandas >= 3
-        styler = styler.format_index_names(escape="latex", axis=0)
-        styler = styler.format_index_names(escape="latex", axis=1)
-    return styler
+def _latex(
+    text: pd.DataFrame, best: pd.DataFrame, rows: str, cols: str, metric: str, cap: str
+) -> str:
+    """The table in LaTeX: a column group per value of ``cols`` (backbones by their short
+    names), or, where groups side by side would be wider than a page, one block of rows per
+    value, stacked; headers without the seed note (the caption has it), numbers aligned on the
+    point, MACs in G."""
+    from ablations.frontier import short_backbone
+
+    names = {GMACS_LABEL: "MACs (G)"}
+    header = [rows.split(".")[-1]]
+    groups: list[tuple[str, int]] = []
+    for group, name in text.columns:
+        header.append(_label(metric) if name.startswith(_label(metric)) else names.get(name, name))
+        if groups and groups[-1][0] == group:
+            groups[-1] = (group, groups[-1][1] + 1)
+        else:
+            groups.append((group, 1))
+    if cols.endswith("backbone"):
+        groups = [(short_backbone(g), n) for g, n in groups]
+    cells = [[str(i), *r] for i, r in zip(text.index, text.itertuples(index=False), strict=True)]
+    marks = [[False, *r] for r in best.itertuples(index=False)]
+    label = f"tab:{metric.replace('/', '-')}"
+    if len(groups) == 1 or width_pt(header, cells) <= PAGE_PT:
+        return tabular_latex(header, cells, bold=marks, groups=groups, caption=cap, label=label)
+    # stacked: every group has the same columns (measure, params, MACs); its rows one block
+    span = groups[0][1]
+    stacked, stacked_marks, blocks = [], [], []
+    for g, (name, _) in enumerate(groups):
+        part = slice(1 + g * span, 1 + (g + 1) * span)
+        kept = [i for i, r in enumerate(cells) if any(r[part])]  # a head absent here: no row
+        stacked += [[cells[i][0], *cells[i][part]] for i in kept]
+        stacked_marks += [[False, *marks[i][part]] for i in kept]
+        blocks.append((name, len(kept)))
+    header = header[: 1 + span]
+    return tabular_latex(
+        header, stacked, bold=stacked_marks, blocks=blocks, caption=cap, label=label
+    )
 
 
 def render(df: pd.DataFrame, rows: str, cols: str, metric: str, fmt: str = "md") -> str:
@@ -131,16 +161,5 @@ def render(df: pd.DataFrame, rows: str, cols: str, metric: str, fmt: str = "md")
         bold.columns = [" ".join(c).strip() for c in bold.columns]
         return bold.to_markdown() + f"\n\n{cap}\n"
     if fmt == "latex":
-        styler = latex_escaped(
-            text.style.apply(lambda _: np.where(best, "font-weight: bold;", ""), axis=None)
-        )
-        return styler.to_latex(
-            caption=cap.replace("_", r"\_").replace("±", r"$\pm$"),
-            label=f"tab:{metric.replace('/', '-')}",
-            hrules=True,
-            environment="table",
-            position_float="centering",
-            multicol_align="c",
-            convert_css=True,
-        ).replace("±", r"$\pm$")
+        return _latex(text, best, rows, cols, metric, cap)
     raise ValueError(f"format must be md, latex or csv, got {fmt!r}")

@@ -15,11 +15,12 @@ import optuna
 import pandas as pd
 
 from ablations.frontier import frontier_plot, pareto_mask
-from ablations.tables import latex_escaped
+from ablations.latex import PLACEHOLDER, fixed, significant, tabular_latex
 from lightning_modules.experiment import PARAMS_M, measure_label, summary_run
 from sweeps.space import COST, LATENCY
 
 COLUMNS = {COST: "GMACs / frame", PARAMS_M: "Params (M)", LATENCY: "Latency (ms)"}
+LATEX_COLUMNS = COLUMNS | {COST: "MACs (G)"}
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
@@ -30,7 +31,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         u = t.user_attrs
         row = {"trial": t.number, "state": t.state.name.lower(), "run": u.get("run", "")}
         row[metric] = t.values[0] if t.values else u.get(metric, np.nan)
-        for k in COLUMNS:
+        for k in (*COLUMNS, "device", "threads"):
             row[k] = u.get(k, np.nan)
         row.update(
             {k.removeprefix("model."): v for k, v in t.params.items()}
@@ -41,6 +42,22 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     if len(df):
         df["front"] = df["trial"].isin(front_numbers(study, df, metric))
     return df
+
+
+def shown_measure(study: optuna.Study) -> str:
+    """The key that names the study's measure to a reader: the objective (``val/score``, the
+    mean of the trained tasks' measures), or, when every trial trains one task, that task's own
+    measure (``val/va_ccc``), which the score then equals."""
+    from lightning_modules.scoring import MEASURE, metric_key
+
+    metric = (study.metric_names or ["val/score"])[0]
+    cfg = study.user_attrs.get("sweep") or {}
+    tasks = (cfg.get("base") or {}).get("model", {}).get("tasks")
+    if not metric.endswith("/score") or "model.tasks" in (cfg.get("space") or {}):
+        return metric
+    if isinstance(tasks, list) and len(tasks) == 1:
+        tasks = tasks[0]
+    return metric_key(metric.split("/")[0], MEASURE[tasks]) if tasks in MEASURE else metric
 
 
 def front_numbers(study: optuna.Study, df: pd.DataFrame, metric: str) -> set[int]:
@@ -59,29 +76,67 @@ def frontier_table(study: optuna.Study, fmt: str = "md") -> str:
     front = df[df["front"]].sort_values([COST, metric], ascending=[True, False])
     settings = [c for c in df.columns if c not in {*COLUMNS, metric, "trial", "state", "run"}]
     settings = [c for c in settings if c not in ("error", "over_budget", "front")]
+    settings = [c for c in settings if c not in ("device", "threads")]
     table = front[["trial", metric, *COLUMNS, *settings]].rename(columns=COLUMNS)
     table = table.dropna(axis=1, how="all").set_index("trial")
     if fmt == "csv":
         return table.to_csv()
     if fmt == "md":  # a setting that a trial's head does not have is blank, not nan
-        return table.astype(object).where(table.notna(), None).to_markdown(floatfmt=".4g")
+        table = table.astype(object).where(table.notna(), None)
+        table[metric] = [fixed(v, 4) for v in table[metric]]  # not -2.699e-05
+        return table.to_markdown(floatfmt=".4g")
     if fmt == "latex":
         n = len(df[df["state"] == "complete"])
+        measure = measure_label(shown_measure(study)).removeprefix("val ")
         caption = (
-            f"Pareto front of study {study.study_name} ({len(table)} of {n} finished trials): "
-            f"{metric.split('/')[-1]} against cost. MACs are multiply-accumulates "
-            "(1 MAC = 2 FLOPs) per frame."
+            f"Pareto front of sweep {study.study_name} ({len(table)} of {n} finished trials): "
+            f"validation {measure} against cost, cheapest "
+            "first. MACs are multiply-accumulates (1 MAC = 2 FLOPs) per frame."
         )
-        numbers = {c: "{:.4g}" for c in table.select_dtypes("number").columns}
-        styler = latex_escaped(table.style, formatter=numbers, na_rep="")
-        return styler.to_latex(
-            caption=caption.replace("_", r"\_"),
-            label=f"tab:{study.study_name}-front",
-            hrules=True,
-            environment="table",
-            position_float="centering",
-        )
+        if LATENCY in front and front[LATENCY].notna().any():
+            where = sorted({f"{d} ({t:g} threads)" for d, t in zip(front["device"],
+                            front["threads"], strict=True) if isinstance(d, str)})  # fmt: skip
+            caption += " Latency: median per clip at batch 1" + (
+                f", on {', '.join(where)}." if where else "."
+            )
+        caption += " The trials' training settings are in the CSV."
+        label = f"tab:{study.study_name}-front"
+        return _front_latex(front, metric, shown_measure(study), caption, label)
     raise ValueError(f"format must be md, latex or csv, got {fmt!r}")
+
+
+ARCHITECTURE = ("backbone", "head", "seq_len", "img_size")  # trial params a paper's table shows
+
+
+def _architecture(columns) -> list[str]:
+    """The front's architecture columns: backbone, head, clip length, input size and the heads'
+    own settings (space entries named ``<head>.<setting>``); the optimiser's and the data's
+    settings (lr, weight decay, dropout, ``data.*``) belong to the CSV, not to the paper."""
+    named = [c for c in ARCHITECTURE if c in columns]
+    own = [c for c in columns if "." in c and not c.startswith(("val/", "test/", "data."))]
+    return named + own
+
+
+def _front_latex(front: pd.DataFrame, metric: str, shown: str, caption: str, label: str) -> str:
+    """The front as a paper shows it: trial, architecture, the measure to three decimals, the
+    costs to three significant digits (never ``-2.7e-05`` or ``12.3456``)."""
+    arch = [c for c in _architecture(front.columns) if front[c].notna().any()]
+    costs = [c for c in COLUMNS if c in front and front[c].notna().any()]
+    names = {"seq_len": "T", "img_size": "px"}
+    header = ["Trial", *(names.get(c, c.replace(".", " ")) for c in arch)]
+    header += [measure_label(shown).removeprefix("val "), *(LATEX_COLUMNS[c] for c in costs)]
+
+    def setting(v) -> str:
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return PLACEHOLDER  # a setting this trial's head does not have
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    rows = [
+        [str(r["trial"]), *(setting(r[c]) for c in arch), fixed(r[metric])]
+        + [significant(r[c]) for c in costs]
+        for _, r in front.iterrows()
+    ]
+    return tabular_latex(header, rows, caption=caption, label=label)
 
 
 def _settings_label(row: pd.Series) -> str:
@@ -114,9 +169,10 @@ def write_frontier(
         done,
         metric,
         out,
-        title=f"{study.study_name}: {measure_label(metric)} against GMACs per frame",
+        title=f"{study.study_name}: {measure_label(shown_measure(study))} against GMACs per frame",
         front="front",
         label_front_only=True,
+        shown=shown_measure(study),
     )
     summary_run(
         done.drop(columns=["label"]).astype({"front": int}),
