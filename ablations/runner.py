@@ -279,13 +279,19 @@ class GridPlan(Plan):
             trial.set_user_attr("wandb_run_id", e.run_id or "")
             trial.set_user_attr("train_s", e.train_s)
 
-    def report(self, trial, state, values, seconds) -> None:
-        what = f"{MONITOR} {values[0]:.4f}" if values else state.name.lower()
-        trials = trial.study.get_trials(deepcopy=False)
+    def counts(self, trials) -> tuple[int, int]:
         keys = {r["key"] for r in self.runs}
-        done = len({t.user_attrs.get("key") for t in trials
-                    if t.state == TrialState.COMPLETE} & keys)  # fmt: skip
-        where = progress(done, len(keys), finished_since(trials, self.started), self.started)
+        done = {t.user_attrs.get("key") for t in trials if t.state == TrialState.COMPLETE}
+        return len(done & keys), len(keys)
+
+    def report(self, trial, state, values, seconds) -> None:
+        from sweeps.display import measure_name
+
+        measure = f"val {measure_name(trial.user_attrs.get('settings'))}"
+        what = f"{measure} {values[0]:.4f}" if values else state.name.lower()
+        trials = trial.study.get_trials(deepcopy=False)
+        done, total = self.counts(trials)
+        where = progress(done, total, finished_since(trials, self.started), self.started)
         print(f"{where} {self.name(trial)}: {what} ({seconds:.1f} s)", flush=True)
 
     def after(self, study: optuna.Study) -> None:

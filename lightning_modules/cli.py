@@ -26,7 +26,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from core.errors import ConfigError
 from datamodules.abaw import IMAGENET_MEAN, IMAGENET_STD, AbawDataModule
 from lightning_modules.backbone import backbone_norm, load_file
-from lightning_modules.experiment import run_name, trainer_defaults
+from lightning_modules.experiment import quiet_warnings, run_name, trainer_defaults
 from lightning_modules.module import AffectModule
 from lightning_modules.objectives import parse_model_tasks
 from lightning_modules.scoring import MONITOR
@@ -209,6 +209,7 @@ def run(args: list[str]) -> None:
     # affbench's main() hands its own argv over on purpose: Lightning's warning about args given
     # beside sys.argv would only be noise above a one-line error
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    quiet_warnings()
     AffbenchCLI(
         AffectModule,
         AbawDataModule,

@@ -40,12 +40,25 @@ ARCH_COLUMNS = ("backbone", "head", "tasks")
 
 
 # Harmless warnings every run would repeat: Lightning's pytree deprecation, the logging interval
-# of short runs, and the eval-mode BatchNorm of a frozen encoder (on purpose: see backbone.py).
+# of short runs, the eval-mode BatchNorm of a frozen encoder (on purpose: see backbone.py), and
+# the default logger's note that it is a CSVLogger without tensorboard installed.
 _NOISE_WARNINGS = (
     r".*isinstance\(treespec, LeafSpec\)",
+    r"Starting from v1.9.0, `tensorboardX` has been removed",
     r"The number of training batches .* is smaller than the logging interval",
     r"Found \d+ module\(s\) in eval mode",
 )
+
+
+def quiet_warnings() -> None:
+    """The harmless warnings above, off (``affbench fit`` too: it keeps Lightning's info lines,
+    which one run shows once). ``AFFBENCH_VERBOSE=1`` keeps them."""
+    if os.environ.get("AFFBENCH_VERBOSE"):
+        return
+    import warnings
+
+    for pattern in _NOISE_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
 
 
 def quiet_libraries() -> None:
@@ -55,12 +68,9 @@ def quiet_libraries() -> None:
     (``-v``) keeps everything."""
     if os.environ.get("AFFBENCH_VERBOSE"):
         return
-    import warnings
-
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    for pattern in _NOISE_WARNINGS:
-        warnings.filterwarnings("ignore", message=pattern)
+    quiet_warnings()
     os.environ.setdefault("WANDB_SILENT", "true")
 
 

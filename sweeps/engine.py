@@ -54,8 +54,10 @@ warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to b
 
 class Plan:
     """What the workers of one study run. Subclasses set ``study_name`` and ``heartbeat``
-    (``{"interval": s, "grace": s}``) and define :meth:`load`, :meth:`next_trial` and
-    :meth:`attempt`; the rest has defaults. A plan is pickled into worker processes."""
+    (``{"interval": s, "grace": s}``), ``folder`` (where results go; the workers' console log
+    under ``logs/`` while displayed) and ``started``, and define :meth:`load`,
+    :meth:`next_trial`, :meth:`attempt` and :meth:`counts`; the rest has defaults. A plan is
+    pickled into worker processes."""
 
     study_name: str
     heartbeat: dict
@@ -79,6 +81,10 @@ class Plan:
     def interrupted(self, trial: optuna.Trial, e: BaseException) -> None:
         """Record an interrupted trial before it is failed and its retry queued."""
         trial.set_user_attr("error", "interrupted")
+
+    def counts(self, trials: list) -> tuple[int, int]:
+        """(finished, planned) trials: the ``[done/total]`` of the run lines and the display."""
+        raise NotImplementedError
 
     def report(self, trial: optuna.Trial, state: TrialState, values, seconds: float) -> None:
         pass
@@ -206,7 +212,7 @@ def clear_errors(trial: optuna.Trial) -> None:
 
 def waiting_for(study: optuna.Study, grace: float) -> tuple[tuple, str]:
     """What a worker with nothing to start waits for: the running trials (their number and
-    worker, the key), and a line saying so, with their heartbeats and the longest wait."""
+    worker, the key), and a line saying so, with their heartbeats and the grace period."""
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     storage = getattr(study._storage, "_backend", study._storage)  # under Optuna's cache
     ages = heartbeat_ages(storage, [t._trial_id for t in running])
@@ -215,17 +221,11 @@ def waiting_for(study: optuna.Study, grace: float) -> tuple[tuple, str]:
         worker = t.user_attrs.get("worker", "an unknown worker")
         key.append((t.number, worker))
         age = ages.get(t._trial_id)
-        parts.append(
-            f"trial {t.number} on {worker} "
-            + (
-                "(no heartbeat yet)"
-                if age is None
-                else f"(last heartbeat {age:.0f} s ago, at most {max(0.0, grace - age):.0f} s more)"
-            )
-        )
+        beat = "no heartbeat yet" if age is None else f"last heartbeat {age:.0f} s ago"
+        parts.append(f"trial {t.number} on {worker} ({beat})")
     line = (
-        f"nothing left to start; waiting for {', '.join(parts)}: a trial whose worker died is "
-        f"failed and retried here once its heartbeat is {grace:g} s old"
+        f"all started; waiting for {', '.join(parts)} to finish (a trial whose heartbeat stops "
+        f"for {grace:g} s is retried here)"
     )
     return tuple(key), line
 
@@ -313,7 +313,12 @@ def gpus_for(worker: int, n_gpus: int, per_run: int = 1) -> list[int]:
     return [(worker * per_run + j) % n_gpus for j in range(min(per_run, n_gpus))]
 
 
-def _worker_main(plan: Plan, url: str, kw: dict, gpus: list[int]) -> None:
+def _worker_main(plan: Plan, url: str, kw: dict, gpus: list[int], console: str | None) -> None:
+    if console:  # the live display shows what this process writes (sweeps.display)
+        fd = os.open(console, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
     if gpus:  # set before CUDA starts in this process
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -327,10 +332,18 @@ def _worker_main(plan: Plan, url: str, kw: dict, gpus: list[int]) -> None:
 def run_workers(plan: Plan, url: str, workers: int = 1, timeout: float | None = None) -> None:
     """``workers`` workers on the plan's study: in this process for one, else as processes (see
     the module docstring). Ctrl-C or SIGTERM raise :class:`Interrupted` once the workers have
-    recorded their trials; a worker that died is reported (its trial is retried)."""
-    if workers <= 1:
-        serve(plan, url, timeout)
-        return
+    recorded their trials; a worker that died is reported (its trial is retried). In a
+    terminal, a status line shows the study's progress meanwhile (``sweeps.display``)."""
+    from sweeps.display import LiveDisplay
+
+    with LiveDisplay(plan, url, plan.folder) as display:
+        if workers <= 1:
+            serve(plan, url, timeout)
+        else:
+            _run_processes(plan, url, workers, timeout, display.workers_log)
+
+
+def _run_processes(plan: Plan, url: str, workers: int, timeout: float | None, console) -> None:
     import torch
 
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -344,6 +357,7 @@ def run_workers(plan: Plan, url: str, workers: int = 1, timeout: float | None = 
                 url,
                 {"timeout": timeout, "threads": threads, "worker": i},
                 gpus_for(i, n_gpus, plan.gpus_per_run),
+                str(console) if console else None,
             ),
         )
         for i in range(workers)

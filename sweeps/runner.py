@@ -33,7 +33,13 @@ import optuna
 from optuna.trial import TrialState
 
 from core.errors import ConfigError
-from lightning_modules.experiment import PARAMS_M, cost_row, run_name, train_and_score
+from lightning_modules.experiment import (
+    PARAMS_M,
+    cost_row,
+    measure_label,
+    run_name,
+    train_and_score,
+)
 from sweeps.engine import (
     Plan,
     clear_errors,
@@ -66,6 +72,7 @@ def create_study(cfg: dict, url: str, study: str) -> optuna.Study:
     """The study, created or loaded (the same command again resumes it); a study of the same
     name with other directions is an error, and so is a damaged SQLite file."""
     storage = open_storage(url, cfg["heartbeat"])
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweep's own lines say enough
     with damage_is_an_error(url):
         st = optuna.create_study(
             storage=storage,
@@ -136,10 +143,19 @@ class SweepPlan(Plan):
     def attempt(self, study: optuna.Study, trial: optuna.Trial):
         return _attempt(study, trial, self.cfg, self.out, self.wandb_mode)
 
+    @property
+    def folder(self) -> Path:
+        return self.out
+
+    def counts(self, trials) -> tuple[int, int]:
+        return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), (
+            self.n_trials
+        )
+
     def report(self, trial, state, values, seconds) -> None:
         trials = trial.study.get_trials(deepcopy=False)
-        done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
-        where = progress(done, self.n_trials, finished_since(trials, self.started), self.started)
+        done, total = self.counts(trials)
+        where = progress(done, total, finished_since(trials, self.started), self.started)
         _report(trial.number, state, values, self.cfg, seconds, where)
 
 
@@ -208,11 +224,26 @@ def _attempt(
     return TrialState.COMPLETE, values
 
 
+_OBJECTIVE_NAMES = {COST: "GMACs/frame", LATENCY: "latency ms"}
+
+
+def _objective_label(name: str, cfg: dict) -> str:
+    """How the run lines name an objective: ``val VA CCC`` for the score of one task (which it
+    equals), ``val score`` for several, ``GMACs/frame``."""
+    from sweeps.display import measure_name
+
+    if name in _OBJECTIVE_NAMES:
+        return _OBJECTIVE_NAMES[name]
+    stage, _, key = name.rpartition("/")
+    return f"{stage} {measure_name(cfg['base'])}" if key == "score" else measure_label(name)
+
+
 def _report(
     number: int, state: TrialState, values, cfg: dict, seconds: float, where: str = ""
 ) -> None:
+    names = [_objective_label(k, cfg) for k in objective_names(cfg)]
     what = (
-        ", ".join(f"{k} {v:.4g}" for k, v in zip(objective_names(cfg), values, strict=True))
+        ", ".join(f"{k} {v:.4g}" for k, v in zip(names, values, strict=True))
         if values and state == TrialState.COMPLETE
         else state.name.lower()
     )

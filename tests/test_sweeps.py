@@ -531,7 +531,7 @@ def test_a_signal_between_ask_and_the_trial_fails_that_trial(tmp_path, monkeypat
 
 def test_waiting_for_a_dead_workers_trial_says_so(tmp_path, monkeypatch, capsys):
     """A full budget and another worker's running trial with a fresh heartbeat but no process:
-    the worker says once what it waits for and for how long at most; after the grace period
+    the worker says once what it waits for and its grace period; after the grace period
     the trial is failed and its retry runs here."""
     cfg = _load(tmp_path, _sweep_cfg("data"))  # heartbeat: interval 1 s, grace 3 s
     url = f"sqlite:///{tmp_path / 's.db'}"
@@ -550,10 +550,10 @@ def test_waiting_for_a_dead_workers_trial_says_so(tmp_path, monkeypatch, capsys)
     out = capsys.readouterr().out
     said = [ln for ln in out.splitlines() if "waiting for" in ln]
     assert len(said) == 1, said  # once: what it waits for did not change
-    m = re.search(r"waiting for trial 0 on elsewhere:4242 \(last heartbeat (\d+) s ago, "
-                  r"at most (\d+) s more\)", said[0])  # fmt: skip
-    assert m and int(m[1]) <= 3 and int(m[1]) + int(m[2]) == 3, said[0]
-    assert "once its heartbeat is 3 s old" in said[0]
+    m = re.search(r"waiting for trial 0 on elsewhere:4242 \(last heartbeat (\d+) s ago\)",
+                  said[0])  # fmt: skip
+    assert m and int(m[1]) <= 3, said[0]
+    assert "a trial whose heartbeat stops for 3 s is retried here" in said[0]
     first, retry = _trials(url, "s")
     assert first.state == TrialState.FAIL and first.user_attrs["worker"] == "elsewhere:4242"
     assert retry.state == TrialState.COMPLETE and retry.system_attrs["failed_trial"] == 0
