@@ -84,6 +84,7 @@ def frontier_table(study: optuna.Study, fmt: str = "md") -> str:
     if fmt == "md":  # a setting that a trial's head does not have is blank, not nan
         table = table.astype(object).where(table.notna(), None)
         table[metric] = [fixed(v, 4) for v in table[metric]]  # not -2.699e-05
+        table = table.rename(columns={metric: measure_label(shown_measure(study))})
         return table.to_markdown(floatfmt=".4g")
     if fmt == "latex":
         n = len(df[df["state"] == "complete"])
