@@ -117,6 +117,20 @@ def extract_config(cfg: dict, progress: bool = True, say=print) -> list[dict]:
     return rows
 
 
+def prepare_features(cfg: dict) -> None:
+    """Before a grid's or a sweep's workers start: cache what is missing of the features of its
+    frozen encoders (every tap its heads read), here, once, with one progress bar per split,
+    rather than in the first run of each head, where two workers would take turns at the lock
+    and their bars would interleave with the run lines. Nothing is said when all is cached; a
+    config without a frozen encoder does nothing."""
+    from lightning_modules.experiment import quiet_libraries
+
+    if not frozen_groups(config_runs(cfg)):
+        return
+    quiet_libraries()  # no "Seed set" line: the grid's own lines follow
+    extract_config(cfg, say=lambda *_: None)  # the datamodule says what it extracts
+
+
 def cache_info(root: str | Path | None = None) -> list[dict]:
     """One row per cached encoder under ``root``: what it is, its parts, videos, frames, size."""
     root = Path(root or default_features_dir())

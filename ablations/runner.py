@@ -37,6 +37,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from ablations.features import prepare_features
 from ablations.frontier import COST_AXES, frontier_plot, short_label
 from ablations.grid import expand
 from ablations.tables import render
@@ -456,6 +457,8 @@ def run_grid(
     keys = [r["key"] for r in todo][: max_runs if max_runs is not None else None]
     mode = wandb_mode(wandb_disabled)
     os.environ.setdefault("WANDB_SILENT", "true")  # the grid's own lines and summary say enough
+    if keys:
+        prepare_features(cfg)  # frozen encoders: their features cached before the workers start
     plan = GridPlan(cfg, runs, keys, folder, mode)
     interrupted = None
     try:

@@ -318,7 +318,7 @@ def extract(
                 total=len(rows),
                 desc=f"features {cache.ident.backbone} {cache.ident.img_size}px",
                 unit="frame",
-                disable=not progress,
+                disable=not progress or not sys.stderr.isatty(),  # no \r-bars in log files
                 file=sys.stderr,
                 dynamic_ncols=True,
             )

@@ -269,6 +269,10 @@ def run_sweep(
     if retry_failed and (failed := queue_retries(study, url)):
         print(f"retrying failed trial(s) {', '.join(str(t.number) for t in failed)}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
+    if budget(study.get_trials(deepcopy=False))["used"] < n_trials:
+        from ablations.features import prepare_features
+
+        prepare_features(cfg)  # frozen encoders: their features cached before the workers start
     plan = SweepPlan(cfg, study_name, n_trials, out, wandb_mode)
     run_workers(plan, url, workers, timeout)
     return study
