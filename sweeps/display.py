@@ -138,7 +138,10 @@ class LiveDisplay:
         while not self._stop.wait(self.poll):
             if storage is None:
                 storage = self._open()
-            self._update(storage)
+            try:
+                self._update(storage)
+            except Exception as e:  # the display never stops the work it shows
+                log.debug("display: %s", e)
 
     def _open(self):
         from sweeps.storage import open_storage
