@@ -60,7 +60,9 @@ def measure_name(settings) -> str:
     tasks = (settings or {}).get("model", {}).get("tasks") if isinstance(settings, dict) else None
     if isinstance(tasks, list) and len(tasks) == 1:
         tasks = tasks[0]
-    return MEASURE_NAMES.get(MEASURE[tasks], "score") if tasks in MEASURE else "score"
+    if isinstance(tasks, str) and tasks in MEASURE:  # "va,expr" and lists of two are not
+        return MEASURE_NAMES.get(MEASURE[tasks], "score")
+    return "score"
 
 
 def status_line(trials: list, counts: tuple[int, int], started: float) -> str:

@@ -57,7 +57,9 @@ def shown_measure(study: optuna.Study) -> str:
         return metric
     if isinstance(tasks, list) and len(tasks) == 1:
         tasks = tasks[0]
-    return metric_key(metric.split("/")[0], MEASURE[tasks]) if tasks in MEASURE else metric
+    if isinstance(tasks, str) and tasks in MEASURE:  # one task; "va,expr" and lists are not
+        return metric_key(metric.split("/")[0], MEASURE[tasks])
+    return metric
 
 
 def front_numbers(study: optuna.Study, df: pd.DataFrame, metric: str) -> set[int]:

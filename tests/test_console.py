@@ -16,6 +16,17 @@ REPO = Path(__file__).resolve().parents[1]
 BAR = "████"
 
 
+def test_run_lines_name_the_measure_a_score_equals():
+    from sweeps.display import measure_name, short_name
+
+    assert measure_name({"model": {"tasks": "va"}}) == "VA CCC"
+    assert measure_name('{"model": {"tasks": ["expr"]}}') == "EXPR F1"  # a grid's stored JSON
+    assert measure_name({"model": {"tasks": ["va", "expr"]}}) == "score"  # the mean of two
+    assert measure_name({"model": {"tasks": "va,au"}}) == measure_name(None) == "score"
+    name = "t003-mobilenetv4_conv_small+gru_t8_r96_s0"  # a sweep's run
+    assert short_name(name) == "t003-MNv4-Conv-S+gru_t8_r96_s0"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_grid_in_a_terminal_keeps_one_live_status_line(synth_root, tmp_path, workers):
