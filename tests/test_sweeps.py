@@ -361,17 +361,17 @@ def _has_trials(db: Path) -> bool:
 
 def _check_wandb_runs(folder: Path, trials, study: str = "s") -> None:
     """Every finished trial has its W&B run with its objectives in the summary."""
-    runs, names = {}, []
+    names, dirs = [], {}
     for d in folder.glob("wandb/offline-run-*"):
-        r = read_offline_run(d)
-        if "name" in r:  # a killed worker's run may end before its first record
-            runs[r["name"]] = r
+        r = read_offline_run(d, wait=None)  # a killed worker's run has no end
+        if "name" in r:  # and may end before its first record
             names.append(r["name"])
+            dirs[r["name"]] = d
     assert len(names) == len(set(names))  # one run per trial, none twice
     for t in trials:
         if t.state != TrialState.COMPLETE:
             continue
-        r = runs[t.user_attrs["run"]]
+        r = read_offline_run(dirs[t.user_attrs["run"]])  # a finished trial's run: to its end
         assert r["group"] == study and r["config"]["trial"] == t.number
         assert r["summary"]["val/score"] == pytest.approx(t.values[0], abs=1e-6)
         assert r["summary"]["gmacs_per_frame"] == pytest.approx(t.values[1])

@@ -1,4 +1,5 @@
-"""Read W&B's offline run files back (run-<id>.wandb): the run's name, group, config and summary.
+"""Read W&B's offline run files back (run-<id>.wandb): the run's name, group, config and summary,
+once W&B has written them to the end.
 
 The file is W&B's record log: a 7-byte header (":W&B", magic, version), then 32 KiB blocks of
 records (4-byte checksum, 2-byte length, 1-byte type: full / first / middle / last), each a
@@ -7,6 +8,7 @@ records (4-byte checksum, 2-byte length, 1-byte type: full / first / middle / la
 
 import json
 import struct
+import time
 from pathlib import Path
 
 from wandb.proto import wandb_internal_pb2 as pb
@@ -30,16 +32,36 @@ def _records(data: bytes, block: int = 32768):
             yield buf + chunk
 
 
-def read_offline_run(run_dir: Path) -> dict:
-    """{"name", "group", "id", "config", "summary", "history"} of one offline-run-* folder
-    (``history``: the logged rows in order, each a dict with its ``_step``)."""
-    (path,) = Path(run_dir).glob("run-*.wandb")
+def _parsed(path: Path) -> list:
     data = path.read_bytes()
     assert data[:4] == b":W&B", f"{path} is not a W&B run file"
-    out = {"config": {}, "summary": {}, "history": []}
+    out = []
     for raw in _records(data):
         r = pb.Record()
         r.ParseFromString(raw)
+        out.append(r)
+    return out
+
+
+def read_offline_run(run_dir: Path, wait: float | None = 60.0) -> dict:
+    """{"name", "group", "id", "config", "summary", "history"} of one offline-run-* folder
+    (``history``: the logged rows in order, each a dict with its ``_step``). W&B's service may
+    still be writing the file after ``run.finish()`` returned: it is read once it holds the
+    run's ``exit`` record (polled, for ``wait`` s at most); ``wait=None`` reads what is there
+    (a killed worker's run never ends)."""
+    (path,) = Path(run_dir).glob("run-*.wandb")
+    t0 = time.monotonic()
+    while True:
+        try:
+            records = _parsed(path)
+        except Exception:  # a record cut in the middle while it is written
+            records = []
+        if wait is None or any(r.WhichOneof("record_type") == "exit" for r in records):
+            break
+        assert time.monotonic() - t0 < wait, f"{path} has no exit record after {wait} s"
+        time.sleep(0.1)
+    out = {"config": {}, "summary": {}, "history": []}
+    for r in records:
         kind = r.WhichOneof("record_type")
         if kind == "run":
             out.update(name=r.run.display_name, group=r.run.run_group, id=r.run.run_id)
