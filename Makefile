@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DATA   ?= data/synthetic
 
-.PHONY: install postgres tex demo test lint format bench clean
+.PHONY: install postgres tex demo test lint format bench bench-page clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,14 +40,23 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Every benchmark writes its figures with their conditions to results/<benchmark>-<machine>.csv
+# (this machine's file replaced, other machines' kept); BENCHMARKS.md is generated from them.
 bench: install
 	$(BIN)/affbench data bench-index --format md
 	$(BIN)/affbench data bench-loader $(DATA) --format md
-	$(BIN)/affbench bench-learning --format md
+	$(BIN)/affbench bench-learning --heads frame,gru,mixer3,mixer3_frame,tcn --format md
 	$(BIN)/affbench bench-stage1 --format md
 	$(BIN)/affbench bench-features --format md
+	$(BIN)/affbench bench-efficiency zoo --format md
+	$(BIN)/affbench bench-efficiency growth --format md
+	$(BIN)/affbench bench-efficiency overhead --format md
 	$(BIN)/affbench bench-sweep --format md
 	$(BIN)/affbench bench-grid --format md
+	$(MAKE) bench-page
+
+bench-page: install
+	$(BIN)/affbench bench-page
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -1,4 +1,4 @@
-"""``affbench bench-grid``: the README's grid figures, measured side by side in one run.
+"""``affbench bench-grid``: the grid figures of BENCHMARKS.md, measured side by side in one run.
 
 * Wall clock of a grid (default: the quickstart's 6 combinations) with 1 and 2 workers, each on
   a fresh results folder, study and cost cache, so both runs do the same work.
@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import copy
-import os
 import statistics
 import time
 from pathlib import Path
@@ -49,7 +48,6 @@ def bench_grid(
     root = Path(root)
     cfg = load_grid(config)
     n = len(expand(cfg))
-    cpu = os.cpu_count() or 1
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rows = []
     with environ(WANDB_MODE="offline"):  # real run files, on both paths
@@ -75,7 +73,7 @@ def bench_grid(
     rows += overhead_rows("combination", "run_grid", alone, gridded, inside)
     head = one["model"].get("head", "mixer3")
     for row in rows:
-        row.update(config=Path(config).name, overhead_model=str(head), threads=cpu)
+        row.update(config=Path(config).name, overhead_model=str(head))
     return rows
 
 

@@ -197,7 +197,7 @@ def bench_sweep_trials(config: str, trials: int, results: str) -> list[dict]:
             with fresh_cost_cache():
                 seconds, _ = _run(c, Path("bench/sweep"), f"features-{features}", params, 1)
             row = throughput_row("trials", trials, seconds, 1)
-            row.update(measure=f"sweep trials per hour, features {features}",
+            row.update(measure="sweep trials per hour", features=features,
                        config=Path(config).name)  # fmt: skip
             rows.append(row)
     finally:
@@ -209,21 +209,20 @@ def bench_sweep_trials(config: str, trials: int, results: str) -> list[dict]:
 def bench_features(
     root: str = "data/synthetic",
     heads: tuple[str, ...] = ("gru", "mixer3"),
-    img_size: int = 112,
+    img_sizes: tuple[int, ...] = (112,),
     batches: int = 20,
     frames: int = 2000,
     sweep: str | None = "sweeps/configs/frozen_heads.yaml",
     trials: int = 4,
     results: str = "ablations/results",
 ) -> list[dict]:
-    """All four, in one run, on this machine's threads (``torch.get_num_threads()``)."""
+    """All four, in one run, on this machine's threads (``torch.get_num_threads()``): the
+    training steps and the extraction at each of ``img_sizes``, the cache sizes and the sweep
+    (unless ``sweep`` is None) once."""
     os.environ.setdefault("WANDB_MODE", "disabled")
-    threads = torch.get_num_threads()
-    rows = bench_steps(root, heads, img_size, batches)
-    rows += bench_extraction(root, img_size, frames)
+    rows = [r for size in img_sizes for r in bench_steps(root, heads, size, batches)]
+    rows += [r for size in img_sizes for r in bench_extraction(root, size, frames)]
     rows += cache_sizes()
     if sweep:
         rows += bench_sweep_trials(sweep, trials, results)
-    for r in rows:
-        r["threads"] = threads
     return rows

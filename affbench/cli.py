@@ -1,20 +1,21 @@
 """``affbench``: the suite's one command: ``data`` (synth, info, benchmarks), ``fit``,
 ``validate``, ``test``, ``predict`` (a LightningCLI), ``pretrain`` (stage 1), ``profile``,
-``ablate``, ``table``, ``sweep``, ``frontier``, ``bench-learning``, ``bench-efficiency``,
-``bench-sweep`` and ``bench-grid``."""
+``ablate``, ``table``, ``sweep``, ``frontier``, the benchmarks (``bench-*``; each writes its
+figures to ``results/<benchmark>-<machine>.csv``) and ``bench-page`` (``BENCHMARKS.md``)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from core.paths import RESULTS, STUDIES
+from core.paths import BENCH_RESULTS, RESULTS, STUDIES
 
 
 def _data_synth(args: argparse.Namespace) -> None:
@@ -73,20 +74,37 @@ def _print_rows(rows: list[dict], fmt: str) -> None:
     )
 
 
+def _save(rows: list[dict], benchmark: str, args: argparse.Namespace) -> None:
+    """A benchmark's rows, with the machine's conditions and the command line, to
+    ``<--results-dir>/<benchmark>-<machine>.csv`` (unless ``--no-save``)."""
+    if args.no_save:
+        return
+    from core.conditions import write_results
+
+    command = getattr(args, "command_line", None)
+    path = write_results(rows, benchmark, args.results_dir, command)
+    print(f"figures written to {path} (BENCHMARKS.md: affbench bench-page)", file=sys.stderr)
+
+
 def _data_bench_index(args: argparse.Namespace) -> None:
     from datamodules.bench import bench_index
 
-    _print_rows(bench_index(Path(args.dir), args.videos, args.frames), args.format)
+    rows = bench_index(Path(args.dir), args.videos, args.frames)
+    _print_rows(rows, args.format)
+    _save(rows, "index", args)
 
 
 def _data_bench_loader(args: argparse.Namespace) -> None:
     from datamodules.bench import bench_loader
 
     workers = [int(w) for w in args.workers.split(",")]
-    rows = bench_loader(
-        Path(args.root), args.img_size, args.seq_len, args.batch_size, workers, args.frames
-    )
+    rows = []
+    for seq_len in (int(t) for t in args.seq_len.split(",")):
+        rows += bench_loader(
+            Path(args.root), args.img_size, seq_len, args.batch_size, workers, args.frames
+        )
     _print_rows(rows, args.format)
+    _save(rows, "loader", args)
 
 
 def _bench_learning(args: argparse.Namespace) -> None:
@@ -105,6 +123,7 @@ def _bench_learning(args: argparse.Namespace) -> None:
         args.seed,
     )
     _print_rows(rows, args.format)
+    _save(rows, "learning", args)
 
 
 def _profile(args: argparse.Namespace) -> None:
@@ -426,13 +445,17 @@ def _frontier(args: argparse.Namespace) -> None:
 def _bench_sweep(args: argparse.Namespace) -> None:
     from sweeps.bench import bench_sweep
 
-    _print_rows(bench_sweep(args.config, args.trials, args.repeats, args.rounds), args.format)
+    rows = bench_sweep(args.config, args.trials, args.repeats, args.rounds)
+    _print_rows(rows, args.format)
+    _save(rows, "sweep", args)
 
 
 def _bench_grid(args: argparse.Namespace) -> None:
     from ablations.bench import bench_grid
 
-    _print_rows(bench_grid(args.config, args.repeats, args.rounds), args.format)
+    rows = bench_grid(args.config, args.repeats, args.rounds)
+    _print_rows(rows, args.format)
+    _save(rows, "grid", args)
 
 
 def _bench_stage1(args: argparse.Namespace) -> None:
@@ -441,16 +464,19 @@ def _bench_stage1(args: argparse.Namespace) -> None:
     rows = bench_stage1(args.config, tuple(args.heads.split(",")), tuple(range(args.seeds)),
                         args.stills, args.epochs)  # fmt: skip
     _print_rows(rows, args.format)
+    _save(rows, "stage1", args)
 
 
 def _bench_features(args: argparse.Namespace) -> None:
     from ablations.features_bench import bench_features
 
-    rows = bench_features(args.root, tuple(args.heads.split(",")), args.img_size, args.batches,
+    sizes = tuple(int(s) for s in args.img_size.split(","))
+    rows = bench_features(args.root, tuple(args.heads.split(",")), sizes, args.batches,
                           args.frames, args.sweep or None, args.trials, args.results)  # fmt: skip
     for measure in dict.fromkeys(r["measure"] for r in rows):  # one table per measure
         _print_rows([r for r in rows if r["measure"] == measure], args.format)
         print()
+    _save(rows, "features", args)
 
 
 def _column(df, name: str) -> str:
@@ -473,6 +499,7 @@ def _table(args: argparse.Namespace) -> None:
             _column(df, args.cols),
             _column(df, args.metric),
             args.format,
+            folder=store if (store := Path(args.results)).is_dir() else store.parent,
         )
     )
 
@@ -482,6 +509,27 @@ def _bench_efficiency(args: argparse.Namespace) -> None:
 
     rows = getattr(efficiency_bench, args.part)()
     _print_rows(rows, args.format)
+    _save(rows, f"efficiency-{args.part}", args)
+
+
+def _bench_page(args: argparse.Namespace) -> None:
+    from affbench.bench_page import page_difference, render_page
+
+    page = render_page(args.results_dir)
+    out = Path(args.out)
+    if not args.check:
+        out.write_text(page)
+        print(f"wrote {out} from the CSV files under {args.results_dir}")
+        return
+    current = out.read_text() if out.exists() else ""
+    if current != page:
+        diff = page_difference(current, page, out.name) or "(line endings or the last newline)"
+        print(diff, file=sys.stderr)
+        raise SystemExit(
+            f"affbench: error: {out} is not what the CSV files under {args.results_dir} give "
+            "(the difference above); run affbench bench-page"
+        )
+    print(f"{out} is what the CSV files under {args.results_dir} give")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -505,6 +553,16 @@ class _Parser(argparse.ArgumentParser):
             for action in marked:
                 action.help = action.help.format(**names)
         return super().format_help()
+
+
+def _save_args(p: argparse.ArgumentParser) -> None:
+    """Where a benchmark's figures go (:func:`_save`)."""
+    p.add_argument(
+        "--results-dir",
+        default=BENCH_RESULTS,
+        help="writes <dir>/<benchmark>-<machine>.csv, replacing this machine's (%(default)s)",
+    )
+    p.add_argument("--no-save", action="store_true", help="print the table only")
 
 
 def _settings_args(p: argparse.ArgumentParser, data: str, example: str) -> None:
@@ -564,16 +622,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--videos", type=int, default=600)
     p.add_argument("--frames", type=int, default=5000)
     p.add_argument("--format", **fmt)
+    _save_args(p)
     p.set_defaults(func=_data_bench_index)
 
     p = dsub.add_parser("bench-loader", help="loader frames/s against plain PIL decoding")
     p.add_argument("root")
     p.add_argument("--img-size", type=int, default=112)
-    p.add_argument("--seq-len", type=int, default=8)
+    p.add_argument("--seq-len", default="8,32", help="clip lengths T, comma-separated")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--workers", default="0,1,2")
     p.add_argument("--frames", type=int, default=4000, help="frames per measurement")
     p.add_argument("--format", **fmt)
+    _save_args(p)
     p.set_defaults(func=_data_bench_loader)
 
     p = sub.add_parser("profile", help="params, MACs/FLOPs, latency, throughput, streaming, memory")
@@ -673,9 +733,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-wandb", action="store_true", help="no W&B summary run")
     p.set_defaults(func=_frontier)
 
-    p = sub.add_parser("bench-efficiency", help="the README's cost tables: zoo, growth, overhead")
+    p = sub.add_parser("bench-efficiency", help="the cost tables: zoo, growth, overhead")
     p.add_argument("part", choices=["zoo", "growth", "overhead"])
     p.add_argument("--format", **fmt)
+    _save_args(p)
     p.set_defaults(func=_bench_efficiency)
 
     p = sub.add_parser("bench-sweep", help="trials/hour with 1 and 2 workers; sweep overhead")
@@ -684,6 +745,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=4, help="runs per overhead round and path")
     p.add_argument("--rounds", type=int, default=3, help="alternated overhead rounds")
     p.add_argument("--format", **fmt)
+    _save_args(p)
     p.set_defaults(func=_bench_sweep)
 
     p = sub.add_parser("bench-grid", help="a grid's wall clock with 1 and 2 workers; overhead")
@@ -691,6 +753,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="combinations per overhead round")
     p.add_argument("--rounds", type=int, default=2, help="alternated overhead rounds")
     p.add_argument("--format", **fmt)
+    _save_args(p)
     p.set_defaults(func=_bench_grid)
 
     p = sub.add_parser("bench-stage1", help="heads from random weights against from stage 1")
@@ -700,18 +763,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stills", default="data/affectnet_synth", help="written there if absent")
     p.add_argument("--epochs", type=int, default=10, help="stage 1's epochs")
     p.add_argument("--format", **fmt)
+    _save_args(p)
     p.set_defaults(func=_bench_stage1)
 
     p = sub.add_parser("bench-features", help="cached features against end to end; cache size")
     p.add_argument("--root", default="data/synthetic")
     p.add_argument("--heads", default="gru,mixer3", help="comma-separated: {heads}")
-    p.add_argument("--img-size", type=int, default=112)
+    p.add_argument("--img-size", default="112,224", help="input sizes, comma-separated")
     p.add_argument("--batches", type=int, default=20, help="training steps per measurement")
     p.add_argument("--frames", type=int, default=2000, help="frames extracted for frames/s")
     p.add_argument("--sweep", default="sweeps/configs/frozen_heads.yaml", help="'' to skip")
     p.add_argument("--trials", type=int, default=4, help="trials per side of the sweep")
     p.add_argument("--results", default=RESULTS, help="where the sweep's stage 1 is")
     p.add_argument("--format", **fmt)
+    _save_args(p)
     p.set_defaults(func=_bench_features)
 
     p = sub.add_parser("bench-learning", help="train heads for the same budget, score val and test")
@@ -726,7 +791,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", **fmt)
+    _save_args(p)
     p.set_defaults(func=_bench_learning)
+
+    p = sub.add_parser("bench-page", help="BENCHMARKS.md from the benchmarks' CSV files")
+    p.add_argument("--results-dir", default=BENCH_RESULTS, help="the CSV files (%(default)s)")
+    p.add_argument("--out", default="BENCHMARKS.md")
+    p.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 where the page differs"
+    )
+    p.set_defaults(func=_bench_page)
     return parser
 
 
@@ -745,6 +819,7 @@ def main(argv: list[str] | None = None) -> None:
             run(argv)
         else:
             args = build_parser().parse_args(argv)
+            args.command_line = shlex.join(["affbench", *argv])  # written beside the figures
             args.func(args)
     except (AnnotationError, ConfigError, DataError, FileNotFoundError, FileExistsError) as e:
         # bad input: one clear line naming the file (and line), no traceback

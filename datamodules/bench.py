@@ -1,14 +1,13 @@
 """Benchmarks of the data path (``affbench data bench-index`` / ``bench-loader``).
 
 Each measurement runs in a fresh Python process, so its peak memory (``ru_maxrss``) is its own.
-Results are flat rows with units in the column names.
+Results are flat rows with units in the column names; the command adds the machine's conditions
+(``core.conditions``) when it writes them.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -18,21 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.host import cpu_name
 from datamodules.index import ANNOTATIONS_DIR
 from datamodules.tasks import SPLITS, get_task
-
-
-def conditions() -> dict:
-    import pandas as pd
-
-    return {
-        "cpu": cpu_name(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "pandas": pd.__version__,
-    }
 
 
 def write_annotation_tree(root: Path, videos: int = 600, frames: int = 5000, seed: int = 0) -> None:
@@ -117,7 +103,6 @@ def bench_index(root: Path, videos: int, frames: int) -> list[dict]:
                 "peak_rss_mib": round(r["peak_rss_mib"], 1),
                 "rss_after_imports_mib": round(r["rss_before_mib"], 1),
                 "tree_written_s": round(written, 1),
-                **conditions(),
             }
         )
     return rows
@@ -205,11 +190,10 @@ def bench_loader(
                 }
             )
     cond = {
-        **conditions(),
         "img_size": img_size,
         "seq_len": seq_len,
         "batch_size": batch_size,
-        "torch_threads": 1,
+        "threads_per_process": 1,
         "frames": n_clips * seq_len,
         "best_of": repeats,
     }

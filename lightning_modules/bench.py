@@ -2,16 +2,15 @@
 
 Trains each head with the same backbone, data, seed and budget (epochs), multi-task (VA, EXPR,
 AU at once), then scores the last epoch's weights on Validation_Set and Test_Set with the official
-measures. No checkpoint selection: every head is read at the same step.
+measures. No checkpoint selection: every head is read at the same step. The device, threads and
+versions are the conditions the command writes beside the rows (``core.conditions``).
 """
 
 from __future__ import annotations
 
-import os
 import time
 
 import lightning as L
-import torch
 
 from lightning_modules.experiment import build, trainer_kwargs
 
@@ -75,9 +74,6 @@ def bench_learning(
                 "batch_size": batch_size,
                 "lr": lr,
                 "seed": seed,
-                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                "threads": torch.get_num_threads(),
-                "cpus": os.cpu_count(),
             }
         )
     return rows

@@ -1,4 +1,4 @@
-"""``affbench bench-efficiency``: the README's cost tables, measured in one run each.
+"""``affbench bench-efficiency``: the cost tables of BENCHMARKS.md, measured in one run each.
 
 * ``zoo``: backbones x heads x sizes x T: params, GMACs per frame, CPU frames/s, streaming cost;
 * ``growth``: how mixer3's params and GMACs grow with T, beside its factorised token mixer, the
@@ -56,7 +56,6 @@ def zoo(
                                 "recompute_ms_per_new_frame",
                                 "stream_gmacs_per_new_frame",
                                 "threads",
-                                "device",
                             )
                         }
                     )

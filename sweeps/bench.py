@@ -1,4 +1,4 @@
-"""``affbench bench-sweep``: the README's sweep figures, measured side by side in one run.
+"""``affbench bench-sweep``: the sweep figures of BENCHMARKS.md, measured side by side in one run.
 
 * Trials per hour with 1 and 2 workers: the same N trials (parameters drawn once from the sweep
   file's space with a seeded random sampler and queued in each study) run on a fresh SQLite
@@ -174,5 +174,5 @@ def bench_sweep(
     rows += overhead_rows("trial", "run_sweep", alone, swept, inside)
     head = fixed.get("model.head", cfg["base"]["model"].get("head"))
     for row in rows:
-        row.update(config=Path(config).name, overhead_model=str(head), threads=cpu)
+        row.update(config=Path(config).name, overhead_model=str(head))
     return rows
