@@ -33,9 +33,16 @@ _SPECIAL = {
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
     "±": r"\ensuremath{\pm}",
+    "†": r"\textsuperscript{\dag}",
+    "≥": r"\ensuremath{\geq}",
 }
 PLACEHOLDER = "--"  # a cell with no value (a setting the row's head does not have)
-_NUMBER = re.compile(r"^(?P<sign>[-+]?)(?P<int>\d+)(?:\.(?P<dec>\d+))?(?: ± (?P<unc>[\d.]+))?$")
+_NUMBER = re.compile(
+    r"^(?P<sign>[-+]?)(?P<int>\d+)(?:\.(?P<dec>\d+))?(?: ± (?P<unc>[\d.]+))?(?P<mark> †)?$"
+)
+# a mark after a number (a row not distinguishable from the best): set in no width, so the
+# numbers of its column stay aligned on the point
+MARK = r"{\rlap{\textsuperscript{\dag}}}"
 
 
 def escape(text: object) -> str:
@@ -125,7 +132,7 @@ def tabular_latex(
         if not numeric[j]:
             body = escape(text)
         elif _NUMBER.match(text):
-            body = text.replace(" ± ", r" \pm ")
+            body = text.replace(" ± ", r" \pm ").replace(" †", MARK)
         else:  # a blank or the placeholder, braced: an S column would parse it as a number
             body = f"{{{escape(text)}}}"
         return r"\bfseries " + body if strong and text else body

@@ -40,6 +40,7 @@ from optuna.trial import TrialState
 from ablations.features import prepare_features
 from ablations.frontier import COST_AXES, frontier_plot, short_label
 from ablations.grid import expand
+from ablations.significance import with_intervals
 from ablations.tables import render
 from core.errors import ConfigError
 from core.paths import RESULTS
@@ -466,6 +467,8 @@ def run_grid(
     except Interrupted as e:
         interrupted = e
     df = grid_rows(study, cfg)
+    if len(df) and (df["status"] == "done").any():  # each row's interval, p against the best
+        df = with_intervals(df, folder, list(table_axes(cfg)), main_metric(df[df.status == "done"]))
     store.write(df)
     finished = df[df["status"] == "done"] if len(df) else df
     if len(finished):
@@ -561,8 +564,8 @@ def write_reports(df: pd.DataFrame, folder: Path, cfg: dict, mode: str) -> dict[
         "latex": folder / "table.tex",
         "plot": folder / "frontier.png",
     }
-    paths["md"].write_text(render(df, rows, cols, metric, "md"))
-    paths["latex"].write_text(render(df, rows, cols, metric, "latex"))
+    paths["md"].write_text(render(df, rows, cols, metric, "md", folder))
+    paths["latex"].write_text(render(df, rows, cols, metric, "latex", folder))
     # one point per model: the seeds' mean, labelled by its head (and backbone where several)
     named = df.assign(label=df["run"].str.replace(r"_s\d+$", "", regex=True))
     agg = {metric: "mean"} | {

@@ -1,5 +1,8 @@
-"""Paper tables from a results store: mean +- std over seeds, the best of each column in bold,
-params and GMACs beside the measure, units in the header, a caption that states the conditions.
+"""Paper tables from a results store: the mean over seeds with its 95 % interval (a bootstrap
+over the validation videos and the seeds), the best of each column in bold and a mark on the rows
+not distinguishable from it, params and GMACs beside the measure, units in the header, a caption
+that states the conditions and the method. Runs without per-video statistics (scored before
+they were kept) show mean +- std instead.
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ import numpy as np
 import pandas as pd
 
 from ablations.latex import PAGE_PT, tabular_latex, width_pt
+from ablations.significance import COLUMNS, HIGH, LOW, TIED, VIDEOS, intervals
 from lightning_modules.experiment import GMACS_PER_FRAME, PARAMS_M
+from lightning_modules.intervals import N_BOOT
 
 GMACS_LABEL = "GMACs / frame"
 LOWER_IS_BETTER = ("loss",)  # a measure whose name holds one of these is minimised
@@ -35,8 +40,13 @@ def _label(metric: str) -> str:
     return MEASURE_NAMES.get(name, name)
 
 
-def summarise(df: pd.DataFrame, rows: str, cols: str, metric: str) -> pd.DataFrame:
-    """One line per (rows, cols) pair: the measure's mean, std and seed count, params, GMACs."""
+def summarise(
+    df: pd.DataFrame, rows: str, cols: str, metric: str, folder: str | Path | None = None
+) -> pd.DataFrame:
+    """One line per (rows, cols) pair: the measure's mean, std and seed count, params, GMACs;
+    with ``folder`` (the results store holding the runs' per-video statistics) its 95 %
+    interval and its paired comparison with the best line of its column
+    (:mod:`ablations.significance`)."""
     for c in (rows, cols, metric):
         if c not in df.columns:
             raise KeyError(f"results have no column {c!r}; they have: {', '.join(df.columns)}")
@@ -46,30 +56,57 @@ def summarise(df: pd.DataFrame, rows: str, cols: str, metric: str) -> pd.DataFra
     for c in (PARAMS_M, GMACS_PER_FRAME):
         if c in df.columns:
             out[c] = g[c].first().to_numpy()
+    if folder is not None and "key" in df:
+        lower = any(w in metric for w in LOWER_IS_BETTER)
+        out = out.merge(intervals(df, folder, [rows, cols], metric, lower), on=[rows, cols])
+    else:
+        out = out.assign(**dict.fromkeys((*COLUMNS, VIDEOS), np.nan))
     return out
 
 
+def _cell(m: float, sd: float, n: int, low: float, high: float, tied: object, best: bool) -> str:
+    """``0.612 [0.571, 0.650] †`` (the interval, and † where not distinguishable from the best
+    line), or ``0.612 ± 0.021`` where the runs kept no per-video statistics."""
+    if np.isnan(m):
+        return ""
+    if not np.isnan(low):
+        mark = " †" if tied is True and not best else ""
+        return f"{m:.3f} [{low:.3f}, {high:.3f}]{mark}"
+    return f"{m:.3f} ± {sd:.3f}" if n > 1 else f"{m:.3f}"
+
+
 def table_frame(
-    df: pd.DataFrame, rows: str, cols: str, metric: str
+    s: pd.DataFrame, rows: str, cols: str, metric: str, interval_column: bool = False
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(cells as text, a boolean frame marking the best cell of each measure column)."""
-    s = summarise(df, rows, cols, metric)
+    """A :func:`summarise` frame -> (cells as text, a boolean frame marking the best cell of
+    each measure column). ``interval_column``: the interval in a column of its own beside the
+    mean (LaTeX, where the mean is aligned on its point)."""
     label = _label(metric)
     row_order = list(dict.fromkeys(s[rows]))
     col_order = list(dict.fromkeys(s[cols]))
     text, best = {}, {}
     lower = any(w in metric for w in LOWER_IS_BETTER)
     seeds = int(s["count"].max()) if len(s) else 0
+    ci = bool(len(s)) and s[LOW].notna().all()
     for c in col_order:
         part = s[s[cols] == c].set_index(rows).reindex(row_order)
-        # one seed has no spread to show: the count says so instead of a "± 0.000"
-        name = (str(c), f"{label} (mean ± std)" if seeds > 1 else f"{label} (1 seed)")
-        text[name] = [
-            "" if np.isnan(m) else f"{m:.3f} ± {sd:.3f}" if n > 1 else f"{m:.3f}"
-            for m, sd, n in zip(part["mean"], part["std"], part["count"], strict=True)
-        ]
         target = part["mean"].min() if lower else part["mean"].max()
-        best[name] = list(part["mean"] == target)
+        is_best = list(part["mean"] == target)
+        # one seed has no spread to show: the count says so instead of a "± 0.000"
+        kind = "95 % CI" if ci else "mean ± std" if seeds > 1 else "1 seed"
+        name = (str(c), f"{label} ({kind})" if not interval_column or not ci else label)
+        # intervals for every line or for none: a table does not mix two kinds of spread
+        low, high = (part[LOW], part[HIGH]) if ci else ([np.nan] * len(part),) * 2
+        cols_ = (part["mean"], part["std"], part["count"], low, high, part[TIED], is_best)
+        cells = [_cell(*v) for v in zip(*cols_, strict=True)]
+        best[name] = is_best  # in the order of the text's columns
+        if interval_column and ci:  # "0.612 [0.571, 0.650] †" -> "0.612 †" and "[0.571, 0.650]"
+            text[name] = [x.split(" [")[0] + (" †" if x.endswith("†") else "") for x in cells]
+            text[(str(c), "95 % CI")] = ["[" + x.split(" [")[1].split("]")[0] + "]" if x else ""
+                                         for x in cells]  # fmt: skip
+            best[(str(c), "95 % CI")] = [False] * len(part)
+        else:
+            text[name] = cells
         if PARAMS_M in part:
             text[(str(c), "Params (M)")] = [f"{v:.2f}" if v == v else "" for v in part[PARAMS_M]]
             best[(str(c), "Params (M)")] = [False] * len(part)
@@ -91,13 +128,27 @@ def _values(df: pd.DataFrame, column: str) -> str:
     return ", ".join(f"{v:g}" for v in sorted(set(df.get(column, pd.Series(dtype=float)).dropna())))
 
 
-def caption(df: pd.DataFrame, metric: str) -> str:
+def caption(df: pd.DataFrame, metric: str, s: pd.DataFrame | None = None) -> str:
+    """What the table shows and how: seeds, the interval's method (where the summary ``s``
+    has intervals), the marks, what the MACs count."""
     seeds = int(df["seed"].nunique()) if "seed" in df else 1
-    parts = [
-        f"{_label(metric)}: mean ± std over {seeds} seeds."
-        if seeds > 1
-        else f"{_label(metric)}: one seed."
-    ]
+    ci = s is not None and len(s) and s[LOW].notna().all()
+    if ci:
+        videos = int(s["videos"].max())
+        over = f"mean over {seeds} seeds" if seeds > 1 else "one seed"
+        parts = [
+            f"{_label(metric)}: {over}, in brackets its 95 % interval (percentile bootstrap "
+            f"over the {videos} validation videos"
+            + (" and the seeds" if seeds > 1 else "")
+            + f", {N_BOOT:,} replicates). Bold: the best of each column; †: not "
+            "distinguishable from it (paired bootstrap over the same videos, p ≥ 0.05)."
+        ]
+    else:
+        parts = [
+            f"{_label(metric)}: mean ± std over {seeds} seeds."
+            if seeds > 1
+            else f"{_label(metric)}: one seed."
+        ]
     if GMACS_PER_FRAME in df:
         size = _values(df, "img_size")
         t = _values(df, "seq_len")
@@ -148,14 +199,22 @@ def _latex(
     )
 
 
-def render(df: pd.DataFrame, rows: str, cols: str, metric: str, fmt: str = "md") -> str:
-    """The table as Markdown, LaTeX (a ``table`` environment, via pandas' Styler) or CSV."""
-    text, best = table_frame(df, rows, cols, metric)
-    cap = caption(df, metric)
+def render(
+    df: pd.DataFrame,
+    rows: str,
+    cols: str,
+    metric: str,
+    fmt: str = "md",
+    folder: str | Path | None = None,
+) -> str:
+    """The table as Markdown, LaTeX or CSV. ``folder``: the results store whose ``videos/``
+    hold the runs' per-video statistics, for the intervals and the marks; the CSV has the
+    summary's numbers (mean, std, seeds, interval, p against the best) as they are."""
+    s = summarise(df, rows, cols, metric, folder)
     if fmt == "csv":
-        flat = text.copy()
-        flat.columns = [" ".join(c).strip() for c in flat.columns]
-        return flat.to_csv()
+        return s.rename(columns={"count": "seeds"}).to_csv(index=False)
+    text, best = table_frame(s, rows, cols, metric, interval_column=fmt == "latex")
+    cap = caption(df, metric, s)
     if fmt == "md":
         bold = text.where(~best, "**" + text + "**")
         bold.columns = [" ".join(c).strip() for c in bold.columns]

@@ -145,6 +145,19 @@ class Task:
         of the videos), all finite -> {metric name: value}, ``measure`` among them."""
         raise NotImplementedError(f"task {self.name!r} defines no measure")
 
+    def frame_stats(self, pred: torch.Tensor, target: torch.Tensor) -> np.ndarray:
+        """(M, K) predictions and targets, as ``measures`` takes them -> (M, S) float64 rows
+        whose sum over any set of the rows is all :meth:`measures_from_stats` needs for that
+        set's measures. Summed per video once, they let a bootstrap redraw whole videos
+        without the frames (intervals.py)."""
+        raise NotImplementedError(f"task {self.name!r} defines no summed statistics")
+
+    def measures_from_stats(self, sums: np.ndarray) -> dict[str, np.ndarray]:
+        """(..., S) sums of :meth:`frame_stats` rows -> {metric name: (...) values}: what
+        ``measures`` gives on those rows (the official measures at the default threshold),
+        to rounding, for a whole batch of resamples at once."""
+        raise NotImplementedError(f"task {self.name!r} defines no summed statistics")
+
     def tune_thresholds(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """(M, K) probabilities and 0/1 targets -> (K,) thresholds in 0.05..0.95, each the one
         maximising its output's binary F1 (thresholded tasks)."""
@@ -180,6 +193,22 @@ def ccc(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     mx, my = x.mean(0), y.mean(0)
     cov = ((x - mx) * (y - my)).mean(0)
     return 2 * cov / (x.var(0, unbiased=False) + y.var(0, unbiased=False) + (mx - my) ** 2 + 1e-12)
+
+
+def moments(pred: torch.Tensor, target: torch.Tensor) -> np.ndarray:
+    """(M, K), (M, K) -> (M, 6K) float64: 1, x, y, x^2, y^2 and xy per column, the sums that
+    give means, variances and the covariance of any set of rows."""
+    x, y = pred.double().cpu().numpy(), target.double().cpu().numpy()
+    return np.concatenate([np.ones_like(x), x, y, x * x, y * y, x * y], axis=-1)
+
+
+def central_moments(sums: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(..., 6K) sums of :func:`moments` -> (..., K) each: mean of x, of y, population
+    variance of x, of y, covariance."""
+    n, sx, sy, sxx, syy, sxy = np.split(sums, 6, axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mx, my = sx / n, sy / n
+        return mx, my, sxx / n - mx * mx, syy / n - my * my, sxy / n - mx * my
 
 
 def focal_cross_entropy(
@@ -226,6 +255,14 @@ class ValenceArousal(Task):
     ) -> dict[str, float]:
         c = ccc(pred, target)
         return {self.measure: float(c.mean()), VALENCE: float(c[0]), AROUSAL: float(c[1])}
+
+    def frame_stats(self, pred: torch.Tensor, target: torch.Tensor) -> np.ndarray:
+        return moments(pred, target)
+
+    def measures_from_stats(self, sums: np.ndarray) -> dict[str, np.ndarray]:
+        mx, my, vx, vy, cov = central_moments(sums)
+        c = 2 * cov / (vx + vy + (mx - my) ** 2 + 1e-12)
+        return {self.measure: c.mean(-1), VALENCE: c[..., 0], AROUSAL: c[..., 1]}
 
 
 @dataclass(frozen=True)
@@ -275,6 +312,22 @@ class Expression(Task):
             pred.argmax(-1), target.argmax(-1), num_classes=self.outputs, average="macro"
         )
         return {self.measure: float(f1)}
+
+    def frame_stats(self, pred: torch.Tensor, target: torch.Tensor) -> np.ndarray:
+        """One-hot cells of the (target, prediction) confusion matrix, K x K per frame."""
+        k = self.outputs
+        cell = (target.argmax(-1) * k + pred.argmax(-1)).cpu().numpy()
+        return np.eye(k * k, dtype=np.float64)[cell]
+
+    def measures_from_stats(self, sums: np.ndarray) -> dict[str, np.ndarray]:
+        k = self.outputs
+        conf = sums.reshape(*sums.shape[:-1], k, k)  # [..., target, prediction]
+        tp = np.diagonal(conf, axis1=-2, axis2=-1)
+        wrong = conf.sum(-1) + conf.sum(-2) - 2 * tp  # false negatives + false positives
+        seen = (tp + wrong) > 0  # a class absent from targets and predictions: left out
+        with np.errstate(invalid="ignore", divide="ignore"):
+            f1 = np.where(seen, 2 * tp / (2 * tp + wrong), 0.0)
+            return {self.measure: f1.sum(-1) / seen.sum(-1)}
 
     def submission_values(
         self, pred: torch.Tensor, thresholds: torch.Tensor | None = None
@@ -329,6 +382,17 @@ class ActionUnits(Task):
             out[AU_TUNED] = f1(thresholds.to(pred))
         return out
 
+    def frame_stats(self, pred: torch.Tensor, target: torch.Tensor) -> np.ndarray:
+        """True positives, false positives and false negatives at 0.5, K of each per frame."""
+        hard, tgt = (pred > 0.5).cpu().numpy(), target.cpu().numpy() > 0.5
+        return np.concatenate([hard & tgt, hard & ~tgt, ~hard & tgt], axis=-1).astype(np.float64)
+
+    def measures_from_stats(self, sums: np.ndarray) -> dict[str, np.ndarray]:
+        tp, fp, fn = np.split(sums, 3, axis=-1)
+        denom = 2 * tp + fp + fn
+        f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)  # empty unit: 0
+        return {self.measure: f1.mean(-1)}
+
     def submission_values(
         self, pred: torch.Tensor, thresholds: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -350,6 +414,17 @@ class EmotionalMimicry(Task):
         if len(pred) < 2:
             return {}
         return {self.measure: float(pearson_corrcoef(pred, target).nan_to_num(0.0).mean())}
+
+    def frame_stats(self, pred: torch.Tensor, target: torch.Tensor) -> np.ndarray:
+        """Moments of the videos' predictions (a row per video: the task is scored per video)."""
+        return moments(pred, target)
+
+    def measures_from_stats(self, sums: np.ndarray) -> dict[str, np.ndarray]:
+        _, _, vx, vy, cov = central_moments(sums)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.nan_to_num(cov / np.sqrt(vx * vy), nan=0.0, posinf=0.0, neginf=0.0)
+        r = np.where(sums[..., :1] >= 2, r, np.nan)  # fewer than two videos: no measure
+        return {self.measure: r.mean(-1)}
 
 
 _TASKS: dict[str, Task] = {}

@@ -113,6 +113,9 @@ class AffectModule(L.LightningModule):
         self.register_buffer("au_thresholds", torch.full((get_task("au").outputs,), 0.5))
         self.task_weights = {t: float((task_weights or {}).get(t, 1.0)) for t in self.tasks}
         self.frames = nn.ModuleDict({s: FramePredictions(self.tasks) for s in ("val", "test")})
+        # stage -> (merged frame predictions, video names) of its last scoring: what the
+        # per-video statistics of a run's intervals are made from (intervals.video_stats)
+        self.last_scored: dict[str, tuple[dict, dict[int, str]]] = {}
 
     def forward(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, T, 3, H, W) normalised float frames, or uint8 ones (normalised here with the
@@ -181,7 +184,8 @@ class AffectModule(L.LightningModule):
                 if get_task(t).thresholded and len(pred):
                     self.au_thresholds = get_task(t).tune_thresholds(pred, target).float()
         tuned = self.au_thresholds if self.hparams.tune_au_thresholds else None
-        names = self.frames[stage].video_names
+        names = dict(self.frames[stage].video_names)
+        self.last_scored[stage] = (merged, names)
         for name, value in score_split(merged, tuned, names).items():
             self.log(metric_key(stage, name), value, prog_bar=name == "score", rank_zero_only=False)
 

@@ -1,3 +1,4 @@
+import io
 import json
 import os
 import subprocess
@@ -17,6 +18,8 @@ from ablations.runner import ResultsStore, check_runs, grid_rows, open_grid, run
 from ablations.tables import render, summarise
 from core.errors import ConfigError
 from lightning_modules.experiment import flat, resume_checkpoint, run_name
+from lightning_modules.intervals import load as load_stats
+from lightning_modules.intervals import stats_path
 
 
 def _cfg(root, heads, seeds=(0,), **model):
@@ -58,6 +61,7 @@ def test_resume_failures_wandb_table_and_plot(synth_root, tmp_path, monkeypatch)
     # combinations fail at run time, are recorded, and the rest go on
     cfg = _cfg(synth_root, ["frame", "mixer1", "gru"], seq_len=8)
     cfg["grid"]["model.lr"] = [1e-3, -1.0]
+    cfg["base"]["trainer"]["limit_val_batches"] = 1.0  # every validation video: intervals
     results = tmp_path / "results"
     first = run_grid(cfg, results, max_runs=2)
     assert list(first["status"]) == ["done", "failed"]
@@ -74,6 +78,17 @@ def test_resume_failures_wandb_table_and_plot(synth_root, tmp_path, monkeypatch)
     )
     assert done["test/score"].notna().all()  # the synthetic test videos are labelled
     assert (done["steps"] == 2).all()  # 2 batches x 1 epoch, once
+    # each finished run kept its per-video statistics (val and the labelled test split): they
+    # give its measures again, and the store gives each row its interval around its value
+    for _, row in done.iterrows():
+        for stage in ("val", "test"):
+            stats = load_stats(stats_path(results / "t", row["key"]), stage)
+            assert len(stats.ids) > (1 if stage == "val" else 0)
+            assert float(stats.measure("score")) == pytest.approx(row[f"{stage}/score"], abs=1e-6)
+    metric = next(c for c in done if c.endswith("_ci95_low")).removesuffix("_ci95_low")
+    assert (done[f"{metric}_ci95_low"] < done[metric]).all()
+    assert (done[metric] < done[f"{metric}_ci95_high"]).all()
+    assert done[f"{metric}_p_vs_best"].between(0, 1).all()
     # a third call runs nothing (finished keys are skipped; the failures stay recorded)
     before = (results / "t" / "results.csv").read_text()
     run_grid(cfg, results)
@@ -94,7 +109,7 @@ def test_resume_failures_wandb_table_and_plot(synth_root, tmp_path, monkeypatch)
     # the reports beside the store
     folder = results / "t"
     assert (folder / "table.md").read_text().count("\n|") >= 3
-    assert "\\begin{table}" in (folder / "table.tex").read_text()
+    assert "\\begin{table" in (folder / "table.tex").read_text()  # table* where it is wide
     Image.open(folder / "frontier.png").verify()
 
 
@@ -144,8 +159,10 @@ def test_table_numbers_and_formats():
     tex = render(df, "model.head", "model.backbone", "val/va_ccc", "latex")
     assert "\\caption{" in tex and "\\bfseries 0.610 \\pm 0.010" in tex  # LaTeX: test_latex.py
     assert "VA CCC" in tex and "va\\_ccc" not in tex  # the measure as the challenge names it
-    csv = render(df, "model.head", "model.backbone", "val/va_ccc", "csv")
-    assert csv.splitlines()[1].startswith("frame,0.520 ± 0.020,1.50,0.050")
+    csv = pd.read_csv(io.StringIO(render(df, "model.head", "model.backbone", "val/va_ccc", "csv")))
+    frame = csv.set_index("model.head").loc["frame"]
+    assert frame["mean"] == pytest.approx(0.52) and frame["seeds"] == 3
+    assert frame["params_total_m"] == 1.5 and np.isnan(frame["ci95_low"])  # no statistics kept
 
 
 def test_pareto_and_plot(tmp_path):

@@ -143,6 +143,49 @@ def _words(html: str) -> list[tuple[str, float, float, float]]:
     return [(w, float(x0), float(x1), float(y0)) for x0, y0, x1, w in re.findall(pat, html)]
 
 
+def _store_with_intervals(folder: Path, heads=HEADS) -> pd.DataFrame:
+    """One backbone, ``heads`` x 3 seeds, each run with per-video statistics of 12 videos
+    (predictions that follow the target by each head's own amount): intervals and marks."""
+    from lightning_modules.intervals import VideoStats, save, stats_path
+    from lightning_modules.scoring import video_hash
+
+    rng = np.random.default_rng(0)
+    names = [f"v{i}" for i in range(12)]
+    ids = np.array(sorted(video_hash(n) for n in names), dtype=np.int64)
+    target = [rng.uniform(-1, 1, (30, 2)) for _ in names]
+    rows = []
+    for h, head in enumerate(heads):
+        quality = 0.9 if head in ("gru", "mixer3") else 0.2 + 0.05 * h
+        for seed in range(3):
+            sums = []
+            for y in target:
+                x = np.clip(quality * y + rng.normal(0, 0.4, y.shape), -1, 1)
+                sums.append(np.concatenate([np.ones_like(x), x, y, x * x, y * y, x * y], 1).sum(0))
+            stats = VideoStats(ids, np.array(names), {"va": np.array(sums)})
+            key = f"{head}{seed}"
+            save(stats_path(folder, key), {"val": stats})
+            rows.append({"key": key, "run": f"m+{head}_s{seed}", "status": "done", "seed": seed,
+                         "model.head": head, "model.backbone": BACKBONES[0],
+                         "val/va_ccc": float(stats.measure("va_ccc")), "params_total_m": 2.5,
+                         "gmacs_per_frame": 0.05, "img_size": 112, "seq_len": 8})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_grid_table_with_intervals_in_latex(tmp_path):
+    df = _store_with_intervals(tmp_path)
+    tex = render(df, "model.head", "model.backbone", "val/va_ccc", "latex", tmp_path)
+    head = tex[tex.index(r"\toprule") : tex.index(r"\midrule")].splitlines()
+    assert head[3] == r"head & {VA CCC} & 95 \% CI & {Params (M)} & {MACs (G)} \\"
+    spec = re.search(r"\\begin\{tabular\}\{(.*)\}$", tex, re.M).group(1)
+    assert spec.startswith("lS[table-format=1.3]lS")  # the mean aligned, the interval as text
+    tied = [ln for ln in tex.splitlines() if r"\dag" in ln and "&" in ln]
+    assert len(tied) == 1 and tied[0].startswith(("gru &", "mixer3 &"))  # the other of the two
+    pair = [ln for ln in tex.splitlines() if ln.startswith(("gru &", "mixer3 &"))]
+    best = next(ln for ln in pair if ln not in tied).split(" & ")
+    assert best[1].startswith(r"\bfseries 0.") and best[2].startswith("[0.")  # the mean bold
+    assert r"\textsuperscript{\dag}: not distinguishable" in tex  # the caption explains it
+
+
 def test_tables_compile_align_on_the_point_and_fit_the_page(tex_tools, tmp_path):
     one = _store(BACKBONES[:1], HEADS)
     one.loc[one["model.head"] == "gru", "val/va_ccc"] = 0.4  # 3 seeds: 0.400 ± 0.000
@@ -157,6 +200,14 @@ def test_tables_compile_align_on_the_point_and_fit_the_page(tex_tools, tmp_path)
             _store(BACKBONES, HEADS[:4]), "model.head", "model.backbone", "val/va_ccc", "latex"
         ),  # fmt: skip
         "front": frontier_table(_sweep(tmp_path), "latex"),
+        "ci": render(
+            _store_with_intervals(tmp_path / "ci"),
+            "model.head",
+            "model.backbone",
+            "val/va_ccc",
+            "latex",
+            tmp_path / "ci",
+        ),  # fmt: skip
     }
     log, html = _compile(tmp_path, tables)
     assert "Overfull" not in log and "Missing" not in log
@@ -180,3 +231,9 @@ def test_tables_compile_align_on_the_point_and_fit_the_page(tex_tools, tmp_path)
     # the front's MACs column: 0.0101 and 0.0123 end together; its params 3.51 and 3.73 too
     assert abs(by_text["0.0101"][0][1] - by_text["0.0123"][0][1]) < 0.5
     assert "0.000" in by_text and not any("e-0" in w for w in by_text)
+    # "ci": a mean with the dagger starts where the means without it start (aligned on the
+    # point: the mark takes no width), and the caption's dagger is there too
+    ci_rows = [ln for ln in tables["ci"].splitlines() if ln.startswith(tuple(HEADS))]
+    tied = next(ln for ln in ci_rows if r"\dag" in ln).split(" & ")[1].split("{")[0]
+    other = next(ln for ln in ci_rows if ln.startswith("frame &")).split(" & ")[1]
+    assert abs(by_text[tied][-1][0] - by_text[other][-1][0]) < 0.5

@@ -1,0 +1,211 @@
+"""Intervals and paired comparisons: the measures from per-video sums equal the official ones, the
+video bootstrap equals scipy's, and the paired bootstrap tells a real difference from none."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats as scipy_stats
+
+from lightning_modules import intervals
+from lightning_modules.intervals import VideoStats, interval, paired, video_stats
+from lightning_modules.scoring import FRAME_SPAN, FramePredictions, score_split, video_hash
+
+TASKS = ("va", "expr", "au", "emi")
+
+
+def _merged(seed: int = 0, videos: int = 12, quality: float = 0.0, tasks=TASKS):
+    """FramePredictions' merged output for ``videos`` videos of 5-40 frames; predictions are
+    ``quality`` x target + noise (0: no relation)."""
+    rng = np.random.default_rng(seed)
+    names = [f"video{v:02d}" for v in range(videos)]
+    frames = {n: int(rng.integers(5, 40)) for n in names}
+    fp = FramePredictions(tasks)
+    for n in names:
+        k = frames[n]
+        va = rng.uniform(-1, 1, (k, 2))
+        expr = rng.integers(0, 7, k)  # class 7 never a target: only sometimes predicted
+        au = rng.integers(0, 2, (k, 12)).astype(float)
+        au[:, 5] = 0  # an AU that never occurs
+        emi = np.tile(rng.uniform(0, 1, 6), (k, 1))
+        noise = rng.normal(0, 1, (k, 8))
+        target = {"va": va, "expr": np.eye(8)[expr], "au": au, "emi": emi}
+        pred = {
+            "va": np.tanh(quality * va + 0.5 * noise[:, :2]),
+            "expr": torch.tensor(quality * np.eye(8)[expr] + noise).softmax(-1).numpy(),
+            "au": 1 / (1 + np.exp(-(quality * (2 * au - 1) + noise[:, :1]))),
+            "emi": np.clip(quality * emi + 0.2 * noise[:, :6], 0, 1),
+        }
+        valid = {t: rng.random(k) > 0.15 for t in tasks}
+        if "emi" in valid:
+            valid["emi"][:] = True  # scored per video: every frame carries the video's label
+        fp.update(
+            [n],
+            torch.arange(1, k + 1)[None],
+            torch.zeros(1, k, dtype=torch.bool),
+            {t: torch.tensor(pred[t], dtype=torch.float32)[None] for t in tasks},
+            {t: torch.tensor(target[t], dtype=torch.float32)[None] for t in tasks},
+            {t: torch.tensor(valid[t])[None] for t in tasks},
+        )
+    return fp.compute(), dict(fp.video_names)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_measures_from_video_sums_equal_the_official_ones(seed):
+    merged, names = _merged(seed, quality=1.0)
+    official = score_split(merged)
+    from_sums = video_stats(merged, names).measures()
+    assert set(official) <= set(from_sums)
+    for name, value in official.items():
+        assert float(from_sums[name]) == pytest.approx(value, abs=1e-6), (
+            name
+        )  # torchmetrics counts in float32
+
+
+def test_a_subset_of_videos_gives_that_subsets_measures():
+    """Counting video 0 three times and leaving out video 1 is scoring that set of frames."""
+    merged, names = _merged(3, quality=0.5)
+    s = video_stats(merged, names)
+    counts = np.ones(len(s.ids))
+    counts[0], counts[1] = 3, 0
+    vid = {t: (keys // FRAME_SPAN).numpy() for t, (keys, _, _) in merged.items()}
+    picked = {}
+    for t, (keys, pred, target) in merged.items():
+        rep = torch.tensor(counts[np.searchsorted(s.ids, vid[t])], dtype=torch.long)
+        idx = torch.repeat_interleave(torch.arange(len(keys)), rep)
+        # repeated frames must keep distinct keys for a per-video task's merge: copies of a
+        # video are new videos there, as in the bootstrap
+        copy = torch.cat([torch.arange(int(r)) for r in rep]) if len(rep) else rep
+        picked[t] = (keys[idx] + copy * (FRAME_SPAN << 20), pred[idx], target[idx])
+    official = score_split(picked)
+    got = s.measures(counts)
+    for name, value in official.items():
+        assert float(got[name]) == pytest.approx(value, abs=1e-6), (
+            name
+        )  # torchmetrics counts in float32
+
+
+def test_video_bootstrap_matches_scipy():
+    """One run, one seed: the percentile interval over videos equals scipy.stats.bootstrap's
+    on the same per-video data (to Monte Carlo error of 20,000 resamples each)."""
+    merged, names = _merged(4, videos=30, quality=0.4, tasks=("va",))
+    s = video_stats(merged, names)
+    mine = interval([s], "va_ccc", n_boot=20_000, seed=1)
+
+    def statistic(idx, axis=-1):  # idx: (..., V) drawn video indices
+        counts = np.apply_along_axis(np.bincount, axis, idx.astype(int), minlength=len(s.ids))
+        return s.measure("va_ccc", counts)
+
+    ref = scipy_stats.bootstrap(
+        (np.arange(len(s.ids)),),
+        statistic,
+        n_resamples=20_000,
+        method="percentile",
+        vectorized=True,
+        random_state=np.random.default_rng(2),
+    ).confidence_interval
+    width = ref.high - ref.low
+    assert width > 0.05  # 30 videos: a real spread, so the comparison means something
+    assert mine.low == pytest.approx(ref.low, abs=0.03 * width)
+    assert mine.high == pytest.approx(ref.high, abs=0.03 * width)
+    assert mine.mean == pytest.approx(score_split(merged)["va_ccc"], abs=1e-12)
+
+
+def test_seeds_widen_the_interval():
+    """Three seeds that disagree: the interval holds their spread, wider than one seed's."""
+    runs = [video_stats(*_merged(5, quality=q, tasks=("va",))) for q in (0.2, 0.6, 1.0)]
+    one = interval(runs[1:2], "va_ccc")
+    three = interval(runs, "va_ccc")
+    values = [float(r.measure("va_ccc")) for r in runs]
+    assert three.mean == pytest.approx(np.mean(values))
+    assert three.high - three.low > one.high - one.low
+    assert three.low < np.mean(values) < three.high
+
+
+def test_paired_bootstrap_tells_a_difference_from_none():
+    good = [video_stats(*_merged(6, quality=1.5, tasks=("va",)))]
+    bad = [video_stats(*_merged(6, quality=0.2, tasks=("va",)))]
+    d = paired(good, bad, "va_ccc")
+    assert d.diff > 0 and d.low > 0 and d.p < 0.01 and d.distinguishable
+    same = paired(good, good, "va_ccc")
+    assert same.diff == 0 and same.low == same.high == 0 and same.p == 1.0
+    assert not same.distinguishable
+    reverse = paired(bad, good, "va_ccc")
+    assert reverse.diff == pytest.approx(-d.diff) and reverse.high < 0
+
+
+def test_other_videos_cannot_be_paired():
+    a = [video_stats(*_merged(7, videos=10, tasks=("va",)))]
+    b = [video_stats(*_merged(7, videos=11, tasks=("va",)))]
+    with pytest.raises(ValueError, match="scored on other videos.*video10"):
+        paired(a, b, "va_ccc", labels=("gru", "tcn"))
+
+
+def test_save_and_load_round_trip(tmp_path):
+    merged, names = _merged(8)
+    s = video_stats(merged, names)
+    path = intervals.save(intervals.stats_path(tmp_path, "abc"), {"val": s})
+    assert path == tmp_path / "videos" / "abc.npz"
+    back = intervals.load(path, "val")
+    assert sorted(back.names) == [f"video{v:02d}" for v in range(12)]
+    assert list(back.names) == [names[int(i)] for i in back.ids]
+    assert int(back.ids[0]) in {video_hash(f"video{v:02d}") for v in range(12)}
+    for name, value in s.measures().items():
+        assert float(back.measures()[name]) == float(value)
+    with pytest.raises(KeyError, match="abc.npz holds no test"):
+        intervals.load(path, "test")
+    assert isinstance(back, VideoStats)
+
+
+def _store_with_stats(tmp_path, qualities: dict[str, float], seeds: int = 3):
+    """A results store whose runs have per-video statistics: head -> prediction quality."""
+    import pandas as pd
+
+    rows = []
+    for head, q in qualities.items():
+        for s in range(seeds):
+            merged, names = _merged(10 + s, videos=20, quality=q + 0.05 * s, tasks=("va",))
+            stats = video_stats(merged, names)
+            key = f"{head}{s}"
+            intervals.save(intervals.stats_path(tmp_path, key), {"val": stats})
+            rows.append({"key": key, "run": f"m+{head}_s{s}", "status": "done", "seed": s,
+                         "model.head": head, "model.backbone": "m",
+                         "val/va_ccc": float(stats.measure("va_ccc"))})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_tables_show_intervals_and_mark_rows_tied_with_the_best(tmp_path):
+    from ablations.significance import with_intervals
+    from ablations.tables import render, summarise
+
+    df = _store_with_stats(tmp_path, {"frame": 0.0, "gru": 1.5, "mixer3": 1.45})
+    s = summarise(df, "model.head", "model.backbone", "val/va_ccc", tmp_path)
+    s = s.set_index("model.head")
+    assert s.loc["gru", "tied_with_best"] and s.loc["gru", "p_vs_best"] == 1.0
+    assert s.loc["mixer3", "tied_with_best"] and s.loc["mixer3", "p_vs_best"] >= 0.05
+    assert not s.loc["frame", "tied_with_best"] and s.loc["frame", "p_vs_best"] < 0.05
+    for head in s.index:
+        assert s.loc[head, "ci95_low"] < s.loc[head, "mean"] < s.loc[head, "ci95_high"]
+    assert (s["videos"] == 20).all()
+
+    md = render(df, "model.head", "model.backbone", "val/va_ccc", "md", tmp_path)
+    line = {r.split("|")[1].strip(): r for r in md.splitlines() if r.startswith("|")}
+    g, m3 = s.loc["gru"], s.loc["mixer3"]
+    assert f"**{g['mean']:.3f} [{g['ci95_low']:.3f}, {g['ci95_high']:.3f}]**" in line["gru"]
+    assert f"{m3['mean']:.3f} [{m3['ci95_low']:.3f}, {m3['ci95_high']:.3f}] †" in line["mixer3"]
+    assert "†" not in line["frame"] and "†" not in line["gru"]
+    assert "VA CCC (95 % CI)" in md
+    assert "bootstrap over the 20 validation videos and the seeds" in md
+
+    csv = render(df, "model.head", "model.backbone", "val/va_ccc", "csv", tmp_path)
+    assert "ci95_low" in csv.splitlines()[0] and "p_vs_best" in csv.splitlines()[0]
+
+    per_run = with_intervals(df, tmp_path, ["model.head", "model.backbone"], "val/va_ccc")
+    assert len(per_run) == len(df) and list(per_run["key"]) == list(df["key"])
+    frame = per_run[per_run["model.head"] == "frame"]
+    assert frame["val/va_ccc_ci95_low"].nunique() == 1  # the group's, on each of its seeds
+    assert not frame["val/va_ccc_tied_with_best"].any()
+
+    # a store without the files (scored before they were kept): mean ± std, no marks
+    (tmp_path / "videos" / "frame0.npz").unlink()
+    md = render(df, "model.head", "model.backbone", "val/va_ccc", "md", tmp_path)
+    assert "±" in md and "†" not in md and "bootstrap" not in md
