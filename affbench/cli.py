@@ -504,6 +504,16 @@ def _table(args: argparse.Namespace) -> None:
     )
 
 
+def _compare(args: argparse.Namespace) -> None:
+    from ablations.compare import compare, render_comparison
+
+    try:
+        df = compare(args.a, args.b, args.stage)
+    except (KeyError, ValueError) as e:  # no such row, other videos: one line, no traceback
+        raise SystemExit(f"affbench: error: {str(e).strip(chr(39))}") from None
+    print(render_comparison(df, args.format))
+
+
 def _bench_efficiency(args: argparse.Namespace) -> None:
     from lightning_modules import efficiency_bench
 
@@ -706,6 +716,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default="val/score")
     p.add_argument("--format", choices=["md", "latex", "csv"], default="md")
     p.set_defaults(func=_table)
+
+    p = sub.add_parser(
+        "compare",
+        help="two result rows or two grids: differences, 95 % intervals, paired p-values",
+        description="A and B: a results store (every row) or STORE:ROW (one row: its run name "
+        "without the seed, a head such as gru, or a run key). Two stores are compared row by "
+        "row; a row against each row of the other side.",
+    )
+    p.add_argument("a", help="ablations/results/<name>[:<row>]")
+    p.add_argument("b", help="ablations/results/<name>[:<row>]")
+    p.add_argument("--stage", choices=["val", "test"], default="val")
+    p.add_argument("--format", choices=["md", "csv"], default="md")
+    p.set_defaults(func=_compare)
 
     p = sub.add_parser("sweep", help="an Optuna sweep: accuracy against FLOPs, resumable")
     p.add_argument("config", help="sweeps/configs/<name>.yaml")

@@ -1,6 +1,8 @@
 """Intervals and paired comparisons: the measures from per-video sums equal the official ones, the
 video bootstrap equals scipy's, and the paired bootstrap tells a real difference from none."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -209,3 +211,40 @@ def test_tables_show_intervals_and_mark_rows_tied_with_the_best(tmp_path):
     (tmp_path / "videos" / "frame0.npz").unlink()
     md = render(df, "model.head", "model.backbone", "val/va_ccc", "md", tmp_path)
     assert "±" in md and "†" not in md and "bootstrap" not in md
+
+
+def test_compare_two_rows_and_two_grids(tmp_path, capsys):
+    from ablations.compare import compare
+    from affbench.cli import main
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    _store_with_stats(one, {"frame": 0.0, "gru": 1.5}).to_csv(one / "results.csv", index=False)
+    _store_with_stats(two, {"frame": 0.0, "gru": 0.3}).to_csv(two / "results.csv", index=False)
+
+    rows = compare(f"{one}:gru", f"{one}:frame").set_index("measure")
+    assert set(rows.index) == {"val/va_ccc", "val/valence_ccc", "val/arousal_ccc", "val/score"}
+    va = rows.loc["val/va_ccc"]
+    assert va["a"] == "m+gru" and va["b"] == "m+frame" and va["a_seeds"] == 3
+    assert va["diff"] == pytest.approx(va["a_mean"] - va["b_mean"]) and va["diff"] > 0.3
+    assert 0 < va["ci95_low"] < va["diff"] < va["ci95_high"] and va["p"] < 0.01
+
+    grids = compare(str(one), str(two)).set_index(["a", "measure"])
+    assert len(grids) == 8 and (grids.reset_index()["a"] == grids.reset_index()["b"]).all()
+    # the same frame runs on both sides (the same statistics): no difference at all
+    assert grids.loc[("m+frame", "val/va_ccc"), "diff"] == 0
+    assert grids.loc[("m+frame", "val/va_ccc"), "p"] == 1.0
+    assert grids.loc[("m+gru", "val/va_ccc"), "p"] < 0.01
+
+    main(["compare", f"{one}:gru", f"{two}:gru"])
+    out = capsys.readouterr().out
+    assert "A - B [95 % CI]" in out
+    assert re.search(
+        r"\| m\+gru +\| m\+gru +\| val/va_ccc +\| +0\.\d{3} \| +0\.\d{3} \| [+-]0", out
+    )
+    assert "Paired bootstrap over the same 20 videos (3 and 3 seeds" in out
+    with pytest.raises(SystemExit, match="no row matches 'lstm'.*m\\+frame, m\\+gru"):
+        main(["compare", f"{one}:lstm", str(two)])
+    (one / "videos" / "gru1.npz").unlink()
+    with pytest.raises(SystemExit):
+        main(["compare", f"{one}:gru", f"{two}:gru"])
+    assert "gru1.npz: row m+gru" in capsys.readouterr().err
