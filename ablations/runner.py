@@ -590,15 +590,23 @@ def write_reports(df: pd.DataFrame, folder: Path, cfg: dict, mode: str) -> dict[
                           f"{COST_AXES[cost].split(' (')[0]}")  # fmt: skip
             plt.close("all")
     strings = {c: c.split(".")[-1] for c in ("model.backbone", "model.head") if c in df}
+    tied = [c for c in (f"{metric}_tied_with_best",) if c in df]  # yes/no: not a number
+    summary = {"best_" + metric: float(df[metric].max())}
+    best = df.loc[df[metric].idxmax()]
+    for c in (f"{metric}_ci95_low", f"{metric}_ci95_high"):
+        if c in df and best[c] == best[c]:
+            summary["best_" + c] = float(best[c])
     summary_run(
-        df.select_dtypes(include="number").join(df[["run", *strings]].rename(columns=strings)),
+        df.select_dtypes(include="number").join(
+            df[["run", *strings, *tied]].rename(columns=strings).replace({True: "yes", False: "no"})
+        ),
         group=cfg["name"],
         name=f"{cfg['name']}-summary",
         job_type="summary",
         folder=folder,
         mode=mode,
         metric=metric,
-        summary={"best_" + metric: float(df[metric].max())},
+        summary=summary,
     )
     return paths
 

@@ -106,6 +106,16 @@ def test_resume_failures_wandb_table_and_plot(synth_root, tmp_path, monkeypatch)
         assert summary["val/score"] == pytest.approx(row["val/score"], abs=1e-6)
         assert summary["gmacs_per_frame"] == pytest.approx(row["gmacs_per_frame"])
 
+    # the summary run's Table holds each row's interval and whether it is tied with the best
+    summary_dir = next(
+        d for d in (results / "t" / "wandb").glob("offline-run-*")
+        if read_offline_run(d)["name"] == "t-summary"
+    )  # fmt: skip
+    (table,) = summary_dir.glob("files/media/table/results_*.table.json")
+    columns = json.loads(table.read_text())["columns"]
+    assert {f"{metric}_ci95_low", f"{metric}_p_vs_best", f"{metric}_tied_with_best"} <= set(columns)
+    assert read_offline_run(summary_dir)["summary"][f"best_{metric}_ci95_low"] < 1
+
     # the reports beside the store
     folder = results / "t"
     assert (folder / "table.md").read_text().count("\n|") >= 3
