@@ -47,6 +47,7 @@ bench: install
 	$(BIN)/affbench data bench-loader $(DATA) --format md
 	$(BIN)/affbench bench-learning --heads frame,gru,mixer3,mixer3_frame,tcn --format md
 	$(BIN)/affbench bench-stage1 --format md
+	$(BIN)/affbench bench-stage1-seeds --format md
 	$(BIN)/affbench bench-features --format md
 	$(BIN)/affbench bench-efficiency zoo --format md
 	$(BIN)/affbench bench-efficiency growth --format md

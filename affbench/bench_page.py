@@ -85,6 +85,20 @@ BENCHMARKS = (
         "say nothing about AffectNet or Aff-Wild2.",
     ),
     Benchmark(
+        "stage1-seeds",
+        "Stage 1 over seeds",
+        "affbench bench-stage1-seeds",
+        "The main job's grid (`make demo`: stage 1 on the synthetic stills, its encoder frozen, "
+        "the heads x seeds trained on its cached features) once per stage-1 seed, all else "
+        "equal. `stage 1`: each encoder's validation measures on the stills; `stage 1 over "
+        "seeds`: their mean and sample std. `grid`: each head's mean over its seeds, its 95 % "
+        "interval (bootstrap over the validation videos and the seeds), the paired-bootstrap "
+        "p against the best head of that grid and whether it is tied with it (p >= 0.05). "
+        "`agreement`: per head, on how many encoders it is tied with the best; "
+        "`same_verdict` says whether every encoder puts it on the same side.",
+        split="part",
+    ),
+    Benchmark(
         "features",
         "Feature cache",
         "affbench bench-features",

@@ -467,6 +467,15 @@ def _bench_stage1(args: argparse.Namespace) -> None:
     _save(rows, "stage1", args)
 
 
+def _bench_stage1_seeds(args: argparse.Namespace) -> None:
+    from ablations.seeds_bench import bench_stage1_seeds
+
+    rows = bench_stage1_seeds(args.config, tuple(range(args.seeds)), args.workers)
+    for part in dict.fromkeys(r["part"] for r in rows):  # one table per part
+        _print_rows([r for r in rows if r["part"] == part], args.format)
+    _save(rows, "stage1-seeds", args)
+
+
 def _bench_features(args: argparse.Namespace) -> None:
     from ablations.features_bench import bench_features
 
@@ -788,6 +797,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", **fmt)
     _save_args(p)
     p.set_defaults(func=_bench_stage1)
+
+    p = sub.add_parser(
+        "bench-stage1-seeds", help="the main job's grid on the encoders of several stage-1 seeds"
+    )
+    p.add_argument("--config", default="ablations/configs/frozen_heads.yaml")
+    p.add_argument("--seeds", type=int, default=3, help="stage-1 seeds 0..N-1")
+    p.add_argument("--workers", type=int, default=2, help="the grids' workers")
+    p.add_argument("--format", **fmt)
+    _save_args(p)
+    p.set_defaults(func=_bench_stage1_seeds)
 
     p = sub.add_parser("bench-features", help="cached features against end to end; cache size")
     p.add_argument("--root", default="data/synthetic")

@@ -138,6 +138,7 @@ COMMANDS = [
      "loader"),
     (["bench-learning"], "lightning_modules.bench.bench_learning", "learning"),
     (["bench-stage1"], "ablations.bench.bench_stage1", "stage1"),
+    (["bench-stage1-seeds"], "ablations.seeds_bench.bench_stage1_seeds", "stage1-seeds"),
     (["bench-features"], "ablations.features_bench.bench_features", "features"),
     (["bench-efficiency", "zoo"], "lightning_modules.efficiency_bench.zoo", "efficiency-zoo"),
     (["bench-efficiency", "growth"], "lightning_modules.efficiency_bench.growth",
@@ -158,7 +159,8 @@ def test_every_benchmark_command_writes_its_file_for_the_page(tmp_path, monkeypa
 
     def fake(*args, **kwargs):
         calls.append(args)
-        return [{"measure": "m", "wall_s": 1.5}, {"measure": "m", "wall_s": 2.5}]
+        return [{"measure": "m", "part": "p", "wall_s": 1.5},
+                {"measure": "m", "part": "p", "wall_s": 2.5}]  # fmt: skip
 
     for _, function, _ in COMMANDS:
         monkeypatch.setattr(function, fake)
