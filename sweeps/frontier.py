@@ -16,6 +16,7 @@ import pandas as pd
 
 from ablations.frontier import frontier_plot, pareto_mask
 from ablations.latex import PLACEHOLDER, fixed, significant, tabular_latex
+from ablations.significance import HIGH, LOW, P_BEST, TIED
 from lightning_modules.experiment import PARAMS_M, measure_label, summary_run
 from sweeps.space import COST, LATENCY
 
@@ -62,6 +63,34 @@ def shown_measure(study: optuna.Study) -> str:
     return metric
 
 
+def front_intervals(study: optuna.Study, front: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The front's trials with their measure's 95 % interval (the video bootstrap of one run)
+    and the paired bootstrap against the front's best trial: ``ci95_low``, ``ci95_high``,
+    ``p_vs_best``, ``tied_with_best``; NaN for a trial whose per-video statistics are not on
+    this machine (its ``videos`` user attribute names the file where it ran)."""
+    from lightning_modules.intervals import interval, load, paired
+
+    stage, _, name = metric.partition("/")
+    attrs = {t.number: t.user_attrs for t in study.get_trials(deepcopy=False)}
+    runs = {}
+    for n in front["trial"]:
+        path = attrs[int(n)].get("videos")
+        runs[int(n)] = [load(path, stage)] if path and Path(path).is_file() else None
+    best = int(front.loc[front[metric].idxmax(), "trial"])
+    out = front.assign(**dict.fromkeys((LOW, HIGH, P_BEST, TIED), np.nan))
+    for i, n in zip(front.index, front["trial"], strict=True):
+        r = runs[int(n)]
+        if r is None:
+            continue
+        iv = interval(r, name, labels=[f"trial {n}"])
+        out.loc[i, [LOW, HIGH]] = iv.low, iv.high
+        if runs[best] is not None:
+            d = paired(r, runs[best], name, labels=(f"trial {n}", f"trial {best}"))
+            out.loc[i, P_BEST] = 1.0 if int(n) == best else d.p
+            out.loc[i, TIED] = float(int(n) == best or not d.distinguishable)
+    return out
+
+
 def front_numbers(study: optuna.Study, df: pd.DataFrame, metric: str) -> set[int]:
     if len(study.directions) > 1:
         return {t.number for t in study.best_trials}
@@ -76,18 +105,36 @@ def frontier_table(study: optuna.Study, fmt: str = "md") -> str:
     if not len(df) or not df["front"].any():
         return f"study {study.study_name!r}: no finished trial yet"
     front = df[df["front"]].sort_values([COST, metric], ascending=[True, False])
+    front = front_intervals(study, front, metric)
+    ci = front[LOW].notna().all()
+    extra = [LOW, HIGH, P_BEST, TIED]
     settings = [c for c in df.columns if c not in {*COLUMNS, metric, "trial", "state", "run"}]
     settings = [c for c in settings if c not in ("error", "over_budget", "front")]
     settings = [c for c in settings if c not in ("device", "threads")]
-    table = front[["trial", metric, *COLUMNS, *settings]].rename(columns=COLUMNS)
+    table = front[["trial", metric, *extra, *COLUMNS, *settings]].rename(columns=COLUMNS)
     table = table.dropna(axis=1, how="all").set_index("trial")
     if fmt == "csv":
         return table.to_csv()
     if fmt == "md":  # a setting that a trial's head does not have is blank, not nan
         table = table.astype(object).where(table.notna(), None)
-        table[metric] = [fixed(v, 4) for v in table[metric]]  # not -2.699e-05
-        table = table.rename(columns={metric: measure_label(shown_measure(study))})
-        return table.to_markdown(floatfmt=".4g")
+        shown = measure_label(shown_measure(study))
+        if ci:  # "0.612 [0.571, 0.650]", † where not distinguishable from the front's best
+            table[metric] = [
+                f"{fixed(v, 3)} [{fixed(lo, 3)}, {fixed(hi, 3)}]" + (" †" if t and p < 1 else "")
+                for v, lo, hi, p, t in zip(*(front[c] for c in (metric, *extra)), strict=True)
+            ]
+            shown += " [95 % CI]"
+        else:
+            table[metric] = [fixed(v, 4) for v in table[metric]]  # not -2.699e-05
+        table = table.drop(columns=[c for c in extra if c in table])
+        md = table.rename(columns={metric: shown}).to_markdown(floatfmt=".4g")
+        if ci:
+            md += (
+                "\n\n95 % intervals: bootstrap over the validation videos (one run per trial); "
+                "†: not distinguishable from the front's best trial (paired bootstrap, "
+                "p >= 0.05)."
+            )
+        return md
     if fmt == "latex":
         n = len(df[df["state"] == "complete"])
         measure = measure_label(shown_measure(study)).removeprefix("val ")
@@ -102,9 +149,14 @@ def frontier_table(study: optuna.Study, fmt: str = "md") -> str:
             caption += " Latency: median per clip at batch 1" + (
                 f", on {', '.join(where)}." if where else "."
             )
+        if ci:
+            caption += (
+                " In brackets the 95 % interval (bootstrap over the validation videos); †: not "
+                "distinguishable from the front's best trial (paired bootstrap, p ≥ 0.05)."
+            )
         caption += " The trials' training settings are in the CSV."
         label = f"tab:{study.study_name}-front"
-        return _front_latex(front, metric, shown_measure(study), caption, label)
+        return _front_latex(front, metric, shown_measure(study), caption, label, ci)
     raise ValueError(f"format must be md, latex or csv, got {fmt!r}")
 
 
@@ -120,22 +172,31 @@ def _architecture(columns) -> list[str]:
     return named + own
 
 
-def _front_latex(front: pd.DataFrame, metric: str, shown: str, caption: str, label: str) -> str:
+def _front_latex(
+    front: pd.DataFrame, metric: str, shown: str, caption: str, label: str, ci: bool = False
+) -> str:
     """The front as a paper shows it: trial, architecture, the measure to three decimals, the
     costs to three significant digits (never ``-2.7e-05`` or ``12.3456``)."""
     arch = [c for c in _architecture(front.columns) if front[c].notna().any()]
     costs = [c for c in COLUMNS if c in front and front[c].notna().any()]
     names = {"seq_len": "T", "img_size": "px"}
     header = ["Trial", *(names.get(c, c.replace(".", " ")) for c in arch)]
-    header += [measure_label(shown).removeprefix("val "), *(LATEX_COLUMNS[c] for c in costs)]
+    header += [measure_label(shown).removeprefix("val ")]
+    header += [*(["95 % CI"] if ci else []), *(LATEX_COLUMNS[c] for c in costs)]
 
     def setting(v) -> str:
         if v is None or (isinstance(v, float) and np.isnan(v)):
             return PLACEHOLDER  # a setting this trial's head does not have
         return f"{v:g}" if isinstance(v, float) else str(v)
 
+    def measure(r: pd.Series) -> list[str]:
+        if not ci:
+            return [fixed(r[metric])]
+        tied = " †" if r["tied_with_best"] == 1 and r["p_vs_best"] < 1 else ""
+        return [fixed(r[metric]) + tied, f"[{fixed(r['ci95_low'])}, {fixed(r['ci95_high'])}]"]
+
     rows = [
-        [str(r["trial"]), *(setting(r[c]) for c in arch), fixed(r[metric])]
+        [str(r["trial"]), *(setting(r[c]) for c in arch), *measure(r)]
         + [significant(r[c]) for c in costs]
         for _, r in front.iterrows()
     ]

@@ -40,6 +40,7 @@ from lightning_modules.experiment import (
     run_name,
     train_and_score,
 )
+from lightning_modules.intervals import stats_path
 from sweeps.engine import (
     Plan,
     clear_errors,
@@ -213,8 +214,11 @@ def _attempt(
         cost=cost,
     )
     trial.set_user_attr("run_s", round(time.perf_counter() - t0, 3))  # training + scoring
+    # its per-video statistics, for the front's intervals (on the machine that ran it)
+    trial.set_user_attr("videos", str(stats_path(out, f"trial{trial.number}").resolve()))
+    kept = ("train_s", "train_threads", "wandb_run_id", "epochs")
     for k, v in row.items():
-        if k.startswith(("val/", "test/")) or k in ("train_s", "wandb_run_id", "epochs"):
+        if k.startswith(("val/", "test/")) or k in kept:
             trial.set_user_attr(k, v)
     names = objective_names(cfg)
     values = [float(row.get(k, math.nan)) for k in names]

@@ -1,9 +1,11 @@
 """Intervals and paired comparisons: the measures from per-video sums equal the official ones, the
 video bootstrap equals scipy's, and the paired bootstrap tells a real difference from none."""
 
+import io
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy import stats as scipy_stats
@@ -15,10 +17,12 @@ from lightning_modules.scoring import FRAME_SPAN, FramePredictions, score_split,
 TASKS = ("va", "expr", "au", "emi")
 
 
-def _merged(seed: int = 0, videos: int = 12, quality: float = 0.0, tasks=TASKS):
+def _merged(seed: int = 0, videos: int = 12, quality: float = 0.0, tasks=TASKS, noise_seed=None):
     """FramePredictions' merged output for ``videos`` videos of 5-40 frames; predictions are
-    ``quality`` x target + noise (0: no relation)."""
+    ``quality`` x target + noise (0: no relation); ``noise_seed``: the noise drawn apart (the
+    same videos and labels, another model's errors)."""
     rng = np.random.default_rng(seed)
+    noisy = rng if noise_seed is None else np.random.default_rng(noise_seed)
     names = [f"video{v:02d}" for v in range(videos)]
     frames = {n: int(rng.integers(5, 40)) for n in names}
     fp = FramePredictions(tasks)
@@ -29,7 +33,7 @@ def _merged(seed: int = 0, videos: int = 12, quality: float = 0.0, tasks=TASKS):
         au = rng.integers(0, 2, (k, 12)).astype(float)
         au[:, 5] = 0  # an AU that never occurs
         emi = np.tile(rng.uniform(0, 1, 6), (k, 1))
-        noise = rng.normal(0, 1, (k, 8))
+        noise = noisy.normal(0, 1, (k, 8))
         target = {"va": va, "expr": np.eye(8)[expr], "au": au, "emi": emi}
         pred = {
             "va": np.tanh(quality * va + 0.5 * noise[:, :2]),
@@ -248,3 +252,54 @@ def test_compare_two_rows_and_two_grids(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["compare", f"{one}:gru", f"{two}:gru"])
     assert "gru1.npz: row m+gru" in capsys.readouterr().err
+
+
+def test_a_sweeps_front_shows_intervals_and_ties_with_its_best_trial(tmp_path):
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import create_trial
+
+    from sweeps.frontier import frontier_table
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="front",
+                                directions=["maximize", "minimize"])  # fmt: skip
+    study.set_metric_names(["val/va_ccc", "gmacs_per_frame"])
+    dist = {"model.head": CategoricalDistribution(["frame", "gru", "tcn"])}
+    measured = {}
+    # cheap and poor, dear and good, dearest and a little better: all three on the front
+    for n, (head, quality, gmacs) in enumerate((("frame", 0.1, 0.01), ("gru", 1.45, 0.02),
+                                                 ("tcn", 1.5, 0.03))):  # fmt: skip
+        stats = video_stats(*_merged(20, 20, quality, ("va",), noise_seed=n))
+        path = intervals.save(intervals.stats_path(tmp_path, f"trial{n}"), {"val": stats})
+        measured[head] = float(stats.measure("va_ccc"))
+        attrs = {"gmacs_per_frame": gmacs, "videos": str(path)}
+        study.add_trial(create_trial(values=[measured[head], gmacs], params={"model.head": head},
+                                     distributions=dist, user_attrs=attrs))  # fmt: skip
+    csv = pd.read_csv(io.StringIO(frontier_table(study, "csv"))).set_index("head")
+    assert list(csv.index) == ["frame", "gru", "tcn"]
+    assert measured["frame"] < measured["gru"] < measured["tcn"]
+    assert csv.loc["tcn", "tied_with_best"] == 1 and csv.loc["tcn", "p_vs_best"] == 1
+    assert csv.loc["gru", "tied_with_best"] == 1 and csv.loc["frame", "tied_with_best"] == 0
+    for head in csv.index:
+        assert csv.loc[head, "ci95_low"] < measured[head] < csv.loc[head, "ci95_high"]
+    md = frontier_table(study, "md")
+    assert "VA CCC [95 % CI]" in md and "not distinguishable from the front's best" in md
+    gru = next(ln for ln in md.splitlines() if "| gru" in ln)
+    assert f"{measured['gru']:.3f} [" in gru and "] †" in gru
+    tex = frontier_table(study, "latex")
+    assert "95 \\% CI" in tex and tex.count("\\dag") == 2  # gru's mark, the caption's
+
+
+def test_a_front_without_statistics_keeps_its_plain_measure(tmp_path):
+    import optuna
+    from optuna.trial import create_trial
+
+    from sweeps.frontier import frontier_table
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="old",
+                                directions=["maximize", "minimize"])  # fmt: skip
+    study.set_metric_names(["val/score", "gmacs_per_frame"])
+    study.add_trial(create_trial(values=[0.5, 0.01], user_attrs={"gmacs_per_frame": 0.01,
+                                 "videos": str(tmp_path / "gone.npz")}))  # fmt: skip
+    md = frontier_table(study, "md")
+    assert "0.5 " in md and "CI" not in md and "†" not in md
