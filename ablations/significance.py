@@ -81,8 +81,8 @@ def with_intervals(
     """``df`` (one line per run) with its group's interval and comparison with the best as
     columns ``{metric}_ci95_low`` ... (the same on every seed of a group): results.csv."""
     done = df[df["status"] == "done"] if "status" in df else df
-    if not len(done) or metric not in done:
-        return df
+    if not len(done) or metric not in done or not set(by) <= set(done.columns):
+        return df  # nothing to group (the table says the same)
     names = {c: f"{metric}_{c}" for c in (*COLUMNS, VIDEOS)}
     iv = intervals(done, folder, by, metric, lower).rename(columns=names)
     return df.drop(columns=list(names.values()), errors="ignore").merge(iv, on=by, how="left")

@@ -19,6 +19,8 @@ from optuna.trial import TrialState
 from ablations.grid import expand, load_grid
 from ablations.runner import ResultsStore, run_grid
 from lightning_modules.experiment import build
+from lightning_modules.intervals import load as load_stats
+from lightning_modules.intervals import stats_path
 from sweeps.engine import gpus_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,6 +153,10 @@ def test_a_ddp_combination_runs_alone_under_ddp(synth_root, tmp_path):
                         enable_model_summary=False, limit_val_batches=4)  # fmt: skip
     alone = trainer.validate(model, data, ckpt_path=df.loc[2, "checkpoint"], verbose=False)[0]
     assert df.loc[2, "val/score"] == pytest.approx(alone["val/score"], abs=1e-5)
+    # its per-video statistics, written once by rank 0 from the frames of both ranks, give the
+    # same score as the single process does
+    stats = load_stats(stats_path(tmp_path / "ddp", df.loc[2, "key"]), "val")
+    assert float(stats.measure("score")) == pytest.approx(alone["val/score"], abs=1e-5)
     trials = _trials(f"sqlite:///{tmp_path / 'ddp' / 'grid.db'}", "ddp")
     assert len(trials) == 2 and len({t.user_attrs["worker"] for t in trials}) == 1
     assert r.stdout.count("ddp: 2 done, 0 failed") == 1, r.stdout
