@@ -221,12 +221,18 @@ def build(settings: dict, stills: bool = False) -> tuple[L.LightningModule, L.Li
 
 
 def trainer_kwargs(settings: dict, **overrides) -> dict:
-    """Trainer arguments: the suite's defaults, then ``overrides``, then the settings' own."""
+    """Trainer arguments: the suite's defaults, then ``overrides``, then the settings' own.
+    ``deterministic`` (off unless the settings say ``trainer.deterministic: true``) and
+    ``benchmark`` are always given, so that Lightning sets torch's process-wide flags (its
+    deterministic algorithms, cuDNN's autotuner) for every run anew: a run never inherits them
+    from the one a worker ran before it."""
     return {
         "max_epochs": 3,
         "enable_progress_bar": False,
         "enable_model_summary": False,
         "num_sanity_val_steps": 0,
+        "deterministic": False,
+        "benchmark": False,
         **trainer_defaults(),
         **overrides,
         **settings.get("trainer", {}),
@@ -404,6 +410,8 @@ def _train_and_score(
     ``stills``: stage 1 on still faces (:func:`build`)."""
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
+    from lightning_modules.intervals import save as save_video_stats
+    from lightning_modules.intervals import stats_path, video_stats
     from lightning_modules.scoring import MONITOR
 
     resume = resume or {}
@@ -457,11 +465,18 @@ def _train_and_score(
         if _test_is_labelled(data):
             row.update(trainer.test(model, data, ckpt_path=best, verbose=False)[0])
         check_stop()
+        if trainer.is_global_zero:  # every rank holds all frames (gathered); one writes them
+            save_video_stats(
+                stats_path(folder, key),
+                {s: video_stats(*scored) for s, scored in model.last_scored.items()},
+            )
         row.update(cost if cost is not None else cost_row(settings))
         row.update(
             train_s=round(train_s, 1),
             train_peak_mem_mib=round(peak, 1),
             train_frames_per_s=speed.frames_per_s,
+            # the CPU threads it trained with: their number decides the rounding of CPU sums
+            train_threads=torch.get_num_threads(),
             checkpoint=best,
             wandb_run_id=logger.experiment.id if trainer.is_global_zero else None,
             epochs=trainer.current_epoch,

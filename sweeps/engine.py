@@ -17,8 +17,12 @@ of ``n_trials``; ``sweeps.runner``) or a grid's (one trial per combination;
   plan lets raise (``raise_on``) raises inside a trial's ``try`` only; others are flagged for
   the trial to stop where it can (a grid's training saves a checkpoint at the end of the batch
   first). Outside a trial (the lock, ``ask``, ``tell``) a signal waits for the next check.
-* **Workers.** Several local workers are processes, each with its share of the CPU threads and
-  GPU ``i mod n`` (or ``per_run`` GPUs of its own); the parent forwards signals to them.
+* **Workers.** Several local workers are processes, each on GPU ``i mod n`` (or ``per_run``
+  GPUs of its own) and with as many CPU threads as one worker has (this process's
+  ``torch.get_num_threads()``, not a share of them: the rounding of a CPU reduction depends on
+  how many threads split it, so a run's measures must not depend on how many workers ran beside
+  it; their OpenMP threads wait passively, so workers sharing cores do not spin against each
+  other); the parent forwards signals to them.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
@@ -343,10 +347,29 @@ def run_workers(plan: Plan, url: str, workers: int = 1, timeout: float | None = 
             _run_processes(plan, url, workers, timeout, display.workers_log)
 
 
+@contextlib.contextmanager
+def _worker_environ() -> Iterator[None]:
+    """Meanwhile, the environment a worker process starts with: OpenMP's threads wait for work
+    passively (unless the user chose otherwise). Every worker has as many threads as one worker
+    alone, so on a CPU-only machine K workers run K times the cores' threads, where OpenMP's
+    default, spinning while it waits, has them burn each other's time (2 workers of 2 threads on
+    2 cores, spinning: several times the wall clock of 1 thread each; waiting passively: the
+    same). The wait policy never changes a result."""
+    was = os.environ.get("OMP_WAIT_POLICY")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when a worker loads OpenMP
+    try:
+        yield
+    finally:
+        if was is None:
+            os.environ.pop("OMP_WAIT_POLICY", None)
+
+
 def _run_processes(plan: Plan, url: str, workers: int, timeout: float | None, console) -> None:
     import torch
 
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    # the threads of a run of one worker (this process's): the same run, the same rounding, the
+    # same measures whatever the number of workers; on a CPU-only machine they share its cores
+    threads = torch.get_num_threads()
     n_gpus = torch.cuda.device_count()
     ctx = mp.get_context("spawn")  # no forked torch or database state
     procs = [
@@ -372,9 +395,10 @@ def _run_processes(plan: Plan, url: str, workers: int, timeout: float | None, co
                     os.kill(p.pid, signum)
 
     with signals_to(forward):
-        for p in procs:
-            if STOP["signal"] is None:
-                p.start()
+        with _worker_environ():
+            for p in procs:
+                if STOP["signal"] is None:
+                    p.start()
         for p in procs:
             if p.pid is not None:
                 p.join()

@@ -198,8 +198,13 @@ def make_pruner(spec) -> optuna.pruners.BasePruner | None:
 def make_sampler(spec, worker: int = 0) -> optuna.samplers.BaseSampler:
     """``tpe`` or ``{name: tpe, seed: 0}`` -> an Optuna sampler. TPE defaults to multivariate
     and grouped (it models the conditional space's branches apart). A seed makes a one-worker
-    sweep repeatable; local worker ``i`` takes seed + i, so workers never draw the same
-    trials (on several machines, give each its own seed)."""
+    sweep repeatable: the same trials in the same order, and (each trial's training seeded by
+    its settings) the same values. Local worker ``i`` takes seed + i, so workers never draw the
+    same trials (on several machines, give each its own seed). With several workers the
+    proposals cannot repeat: a model-based sampler (TPE, GP, NSGA-II) proposes from the trials
+    finished when it is asked, and which those are is a matter of timing; what a trial measures
+    given its settings still repeats. Nor do they with ``latency_objective``, whose values are
+    timings, unless the cost cache already holds every architecture's."""
     kw = dict(spec) if isinstance(spec, dict) else {"name": spec}
     if kw.get("seed") is not None:
         kw["seed"] = int(kw["seed"]) + worker
