@@ -597,7 +597,7 @@ def write_reports(df: pd.DataFrame, folder: Path, cfg: dict, mode: str) -> dict[
         if c in df and best[c] == best[c]:
             summary["best_" + c] = float(best[c])
     summary_run(
-        df.select_dtypes(include="number").join(
+        df.select_dtypes(include="number").drop(columns=tied).join(
             df[["run", *strings, *tied]].rename(columns=strings).replace({True: "yes", False: "no"})
         ),
         group=cfg["name"],

@@ -129,10 +129,14 @@ def frontier_table(study: optuna.Study, fmt: str = "md") -> str:
         table = table.drop(columns=[c for c in extra if c in table])
         md = table.rename(columns={metric: shown}).to_markdown(floatfmt=".4g")
         if ci:
+            md += "\n\n95 % intervals: bootstrap over the validation videos (one run per trial)"
+            marked = ((front[TIED] == 1) & (front[P_BEST] < 1)).any()
             md += (
-                "\n\n95 % intervals: bootstrap over the validation videos (one run per trial); "
-                "†: not distinguishable from the front's best trial (paired bootstrap, "
-                "p >= 0.05)."
+                "; †: not distinguishable from the front's best trial (paired bootstrap over the "
+                "same videos, p ≥ 0.05)."
+                if marked
+                else "; every other trial of the front differs from its best (paired bootstrap "
+                "over the same videos, p < 0.05)."
             )
         return md
     if fmt == "latex":
