@@ -8,13 +8,17 @@ Runs scored before these files existed have none: their rows keep the mean and t
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from core.errors import DataError
 from lightning_modules.intervals import interval as row_interval
 from lightning_modules.intervals import load, paired, stats_path
+
+log = logging.getLogger(__name__)
 
 LOW, HIGH, P_BEST, TIED = "ci95_low", "ci95_high", "p_vs_best", "tied_with_best"
 COLUMNS = (LOW, HIGH, P_BEST, TIED)
@@ -26,7 +30,11 @@ def _runs(folder: Path, keys: list[str], stage: str) -> list | None:
     paths = [stats_path(folder, k) for k in keys]
     if not all(p.is_file() for p in paths):
         return None
-    return [load(p, stage) for p in paths]
+    try:
+        return [load(p, stage) for p in paths]
+    except (DataError, KeyError) as e:  # a damaged file: that row without its interval
+        log.warning("%s", str(e).strip("'"))
+        return None
 
 
 def intervals(

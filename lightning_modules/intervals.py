@@ -23,11 +23,13 @@ per run).
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from core.errors import DataError
 from datamodules.tasks import get_task
 
 N_BOOT = 2000
@@ -107,16 +109,25 @@ def save(path: str | Path, stats: dict[str, VideoStats]) -> Path:
 
 def load(path: str | Path, stage: str = "val") -> VideoStats:
     """A run's ``.npz`` -> the VideoStats of ``stage``; FileNotFoundError or KeyError naming the
-    file when it has none."""
-    with np.load(path) as z:
+    file when it has none, DataError naming it when it is damaged."""
+    try:
+        z = np.load(path)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile) as e:  # truncated, overwritten
+        raise DataError(f"{path}: damaged per-video statistics ({e}); score the run again") from e
+    with z:
         if f"{stage}/ids" not in z:
             raise KeyError(f"{path} holds no {stage} predictions ({', '.join(z.files)})")
-        sums = {
-            k.split("/", 1)[1]: z[k]
-            for k in z.files
-            if k.startswith(f"{stage}/") and k.split("/", 1)[1] not in ("ids", "names")
-        }
-        return VideoStats(z[f"{stage}/ids"], z[f"{stage}/names"], sums)
+        try:
+            sums = {
+                k.split("/", 1)[1]: z[k]
+                for k in z.files
+                if k.startswith(f"{stage}/") and k.split("/", 1)[1] not in ("ids", "names")
+            }
+            return VideoStats(z[f"{stage}/ids"], z[f"{stage}/names"], sums)
+        except (OSError, ValueError, zipfile.BadZipFile) as e:
+            raise DataError(f"{path}: damaged per-video statistics ({e})") from e
 
 
 def _check_same_videos(runs: list[VideoStats], labels: list[str]) -> None:

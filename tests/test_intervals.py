@@ -303,3 +303,16 @@ def test_a_front_without_statistics_keeps_its_plain_measure(tmp_path):
                                  "videos": str(tmp_path / "gone.npz")}))  # fmt: skip
     md = frontier_table(study, "md")
     assert "0.5 " in md and "CI" not in md and "†" not in md
+
+
+def test_a_damaged_statistics_file_is_named_and_its_row_keeps_mean_and_std(tmp_path):
+    from ablations.tables import render
+    from core.errors import DataError
+
+    df = _store_with_stats(tmp_path, {"frame": 0.0, "gru": 1.5})
+    path = intervals.stats_path(tmp_path, "gru1")
+    path.write_bytes(path.read_bytes()[:40])  # truncated
+    with pytest.raises(DataError, match="gru1.npz: damaged per-video statistics"):
+        intervals.load(path)
+    md = render(df, "model.head", "model.backbone", "val/va_ccc", "md", tmp_path)
+    assert "±" in md and "bootstrap" not in md  # no interval for any line: none mixed
