@@ -596,10 +596,10 @@ def write_reports(df: pd.DataFrame, folder: Path, cfg: dict, mode: str) -> dict[
     for c in (f"{metric}_ci95_low", f"{metric}_ci95_high"):
         if c in df and best[c] == best[c]:
             summary["best_" + c] = float(best[c])
+    numbers = df.select_dtypes(include="number").drop(columns=tied)
+    labels = df[["run", *strings, *tied]].rename(columns=strings)
     summary_run(
-        df.select_dtypes(include="number").drop(columns=tied).join(
-            df[["run", *strings, *tied]].rename(columns=strings).replace({True: "yes", False: "no"})
-        ),
+        numbers.join(labels.replace({True: "yes", False: "no"})),
         group=cfg["name"],
         name=f"{cfg['name']}-summary",
         job_type="summary",
