@@ -596,7 +596,7 @@ def write_reports(df: pd.DataFrame, folder: Path, cfg: dict, mode: str) -> dict[
     for c in (f"{metric}_ci95_low", f"{metric}_ci95_high"):
         if c in df and best[c] == best[c]:
             summary["best_" + c] = float(best[c])
-    numbers = df.select_dtypes(include="number").drop(columns=tied)
+    numbers = df.select_dtypes(include="number").drop(columns=tied, errors="ignore")
     labels = df[["run", *strings, *tied]].rename(columns=strings)
     summary_run(
         numbers.join(labels.replace({True: "yes", False: "no"})),
