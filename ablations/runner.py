@@ -43,6 +43,7 @@ from ablations.grid import expand
 from ablations.significance import with_intervals
 from ablations.tables import render
 from core.errors import ConfigError
+from core.keys import settings_key
 from core.paths import RESULTS
 from lightning_modules.experiment import (
     GMACS_PER_FRAME,
@@ -297,7 +298,7 @@ class GridPlan(Plan):
         print(f"{where} {self.name(trial)}: {what} ({seconds:.1f} s)", flush=True)
 
     def after(self, study: optuna.Study) -> None:
-        ResultsStore(self.folder).write(grid_rows(study, self.cfg))
+        ResultsStore(self.folder).write(in_plan(grid_rows(study, self.cfg), self.runs, say=False))
 
 
 def open_grid(cfg: dict, url: str, store: ResultsStore) -> optuna.Study:
@@ -466,7 +467,7 @@ def run_grid(
         run_workers(plan, url, workers)
     except Interrupted as e:
         interrupted = e
-    df = grid_rows(study, cfg)
+    df = in_plan(grid_rows(study, cfg), runs)
     if len(df) and (df["status"] == "done").any():  # each row's interval, p against the best
         df = with_intervals(df, folder, list(table_axes(cfg)), main_metric(df[df.status == "done"]))
     store.write(df)
@@ -477,6 +478,22 @@ def run_grid(
     if interrupted is not None:
         raise interrupted
     return df
+
+
+def in_plan(df: pd.DataFrame, runs: list[dict], say: bool = True) -> pd.DataFrame:
+    """The rows of the grid as its file now stands. A grid rerun with other base or stage-1
+    settings plans other combinations (other keys): the study keeps the earlier ones (the file
+    changed back finds them again), but they are left out of its results and tables, so that
+    runs of two settings are never averaged as one."""
+    if not len(df):
+        return df
+    keep = df["key"].isin({r["key"] for r in runs})
+    if say and (n := int((~keep).sum())):
+        print(
+            f"{n} combination(s) in this grid's study were run with other settings than the file "
+            "now gives: kept in the study, left out of its results and tables"
+        )
+    return df[keep].reset_index(drop=True)
 
 
 def with_stage1(cfg: dict, results_root: str | Path) -> tuple[dict, dict, str]:
@@ -500,16 +517,20 @@ def with_stage1(cfg: dict, results_root: str | Path) -> tuple[dict, dict, str]:
 
 def run_stage1(study: optuna.Study, stage1: dict, encoder: str, results_root, mode: str) -> None:
     """Stage 1 of a two-stage grid, once: trained here unless its encoder is there already,
-    and its SHA-256 recorded in the study, so that a worker on another machine whose stage 1
-    differs (or is missing) stops instead of mixing two starting points in one table."""
+    and its SHA-256 recorded in the study under the stage-1 settings' key, so that a worker on
+    another machine whose stage 1 differs (or is missing) stops instead of mixing two starting
+    points in one table. Other stage-1 settings are another stage 1 (another key, other
+    combinations), recorded beside it."""
     import hashlib
 
     from lightning_modules.pretrain import pretrain
 
-    recorded = study.user_attrs.get("stage1_sha256")
+    key = settings_key(stage1)
+    sha_attr, host_attr = f"stage1_sha256:{key}", f"stage1_host:{key}"
+    recorded = study.user_attrs.get(sha_attr)
     if recorded and not Path(encoder).exists():
         raise ConfigError(
-            f"this grid's stage 1 was run on {study.user_attrs.get('stage1_host')}: copy its "
+            f"this grid's stage 1 was run on {study.user_attrs.get(host_attr)}: copy its "
             f"encoder to {encoder} (SHA-256 {recorded[:12]}...) so every combination starts "
             "from the same weights"
         )
@@ -522,12 +543,12 @@ def run_stage1(study: optuna.Study, stage1: dict, encoder: str, results_root, mo
         )
     sha = hashlib.sha256(Path(encoder).read_bytes()).hexdigest()
     if recorded is None:
-        study.set_user_attr("stage1_sha256", sha)
-        study.set_user_attr("stage1_host", socket.gethostname())
+        study.set_user_attr(sha_attr, sha)
+        study.set_user_attr(host_attr, socket.gethostname())
     elif recorded != sha:
         raise ConfigError(
             f"the stage-1 encoder {encoder} is not the one this grid started from (SHA-256 "
-            f"{sha[:12]}... against {recorded[:12]}... from {study.user_attrs.get('stage1_host')})"
+            f"{sha[:12]}... against {recorded[:12]}... from {study.user_attrs.get(host_attr)})"
             ": copy that machine's file here, or start a new grid"
         )
 

@@ -131,3 +131,21 @@ def test_cli_help_lists_the_registered_heads_backbones_and_tasks(capsys):
     assert "{heads}" not in text and "{backbones}" not in text
     for name in [*list_heads(), *list_backbones(), *list_tasks()]:
         assert f"{name}," in text or f"{name} " in text, name
+
+
+def test_the_main_jobs_sweep_finds_the_grids_stage1_and_features():
+    """``make demo`` runs the frozen_heads grid, then the frozen_heads sweep on the same cached
+    features: both files must name the same stage 1 and the same frozen encoder, or the sweep
+    trains stage 1 and extracts the features again."""
+    from core.keys import settings_key
+    from lightning_modules.pretrain import grid_stage1
+
+    grid, sweep = (
+        yaml.safe_load((ROOT / folder / "frozen_heads.yaml").read_text())
+        for folder in ("ablations/configs", "sweeps/configs")
+    )
+    assert settings_key(grid_stage1(grid)) == settings_key(grid_stage1(sweep))
+    encoder = ("backbone", "img_size", "freeze")
+    assert {k: grid["base"]["model"].get(k) for k in encoder} == {
+        k: sweep["base"]["model"].get(k) for k in encoder
+    }

@@ -14,8 +14,9 @@ import pytest
 import torch
 from conftest import TINY, tiny_base
 
-from ablations.runner import run_grid
+from ablations.runner import ResultsStore, run_grid
 from core.errors import ConfigError
+from core.keys import settings_key
 from datamodules.synth_stills import generate_affectnet
 from lightning_modules import pretrain as stage1
 from lightning_modules.backbone import FrameEncoder, backbone_norm
@@ -109,7 +110,7 @@ def test_a_two_stage_grid_starts_every_combination_from_one_stage1(
     assert encoder.exists() and list(df["status"]) == ["done", "done"]
     assert set(df["model.pretrained"]) == {str(encoder)}
     study = optuna.load_study(study_name="two", storage=f"sqlite:///{results / 'two' / 'grid.db'}")
-    sha = study.user_attrs["stage1_sha256"]
+    sha = study.user_attrs[f"stage1_sha256:{settings_key(stage1.grid_stage1(cfg))}"]
     # another machine's stage 1 (other bytes): it stops instead of mixing starting points
     state = torch.load(encoder, weights_only=True)
     state["state_dict"] = {k: v + 1 for k, v in state["state_dict"].items()}
@@ -119,6 +120,20 @@ def test_a_two_stage_grid_starts_every_combination_from_one_stage1(
     encoder.unlink()  # and one without the file is told to copy it, before any training
     with pytest.raises(ConfigError, match=f"copy its encoder to {encoder}.*{sha[:12]}"):
         run_grid(cfg, results, wandb_disabled=True)
+    # another stage-1 recipe in the same grid: another stage 1 and other combinations, and the
+    # table holds those alone (the earlier ones stay in the study)
+    cfg["pretrain"]["model"]["dropout"] = 0.1
+    capsys.readouterr()
+    df = run_grid(cfg, results, wandb_disabled=True)
+    other = stage1.encoder_path(stage1.grid_stage1(cfg), results / "pretrain")
+    assert other != encoder and other.exists()
+    assert list(df["status"]) == ["done", "done"] and set(df["model.pretrained"]) == {str(other)}
+    assert set(ResultsStore(results / "two").read()["model.pretrained"]) == {str(other)}
+    assert "2 combination(s) in this grid's study were run with other settings" in (
+        capsys.readouterr().out
+    )
+    complete = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 4
 
 
 @pytest.mark.slow
