@@ -84,15 +84,18 @@ def bench_stage1(
     stills: str | Path = "data/affectnet_synth",
     epochs: int = 10,
     root: str | Path = "bench/stage1",
+    recipe: str = "ablations/configs/frozen_heads.yaml",
 ) -> list[dict]:
     """``affbench bench-stage1``: what stage 1 buys. Stage 1 on the synthetic stills (written
-    if absent), then the grid's heads x seeds at the grid's own budget twice, from random
-    weights and from the stage-1 encoder, all else equal (``freeze`` as the grid sets it); val
-    VA CCC per head, mean and std over the seeds. And the training throughput of stage 1
-    (images/s) beside the video side's (frames/s, the ``frame`` head) for the same backbone."""
+    if absent; the ``pretrain`` settings of the main job's grid ``recipe``, at the backbone and
+    input size of ``config``), then the grid's heads x seeds at the grid's own budget twice,
+    from random weights and from the stage-1 encoder, all else equal (``freeze`` as the grid
+    sets it); val VA CCC per head, mean and std over the seeds. And the training throughput of
+    stage 1 (images/s) beside the video side's (frames/s, the ``frame`` head) for the same
+    backbone."""
     import pandas as pd
 
-    from lightning_modules.pretrain import pretrain
+    from lightning_modules.pretrain import merge, pretrain
 
     root = fresh(Path(root), "")
     cfg = load_grid(config)
@@ -102,7 +105,8 @@ def bench_stage1(
 
         generate_affectnet(stills)
     arch = {k: base["model"][k] for k in ("backbone", "img_size") if k in base["model"]}
-    stage1 = {"model": arch, "data": {"root": str(stills)}, "trainer": {"max_epochs": epochs}}
+    own = {"model": arch, "data": {"root": str(stills)}, "trainer": {"max_epochs": epochs}}
+    stage1 = merge(load_grid(recipe).get("pretrain") or {}, own)
     with fresh_cost_cache(), environ(WANDB_SILENT="true"):
         s1 = pretrain(stage1, root / "pretrain", mode="disabled")
         frames = {}

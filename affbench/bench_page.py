@@ -75,7 +75,8 @@ BENCHMARKS = (
         "stage1",
         "Stage 1",
         "affbench bench-stage1",
-        "Stage 1 (the encoder trained on the synthetic still faces, written if absent), then "
+        "Stage 1 (the encoder trained on the synthetic still faces, written if absent, with "
+        "the main job's stage-1 recipe at this grid's input size), then "
         "the grid's heads x seeds at the grid's own budget twice, from random weights and from "
         "the stage-1 encoder, all else equal: val VA CCC per head, mean and sample std over the "
         "seeds. The `(throughput)` rows give the training throughput (forward, backward and "

@@ -462,7 +462,7 @@ def _bench_stage1(args: argparse.Namespace) -> None:
     from ablations.bench import bench_stage1
 
     rows = bench_stage1(args.config, tuple(args.heads.split(",")), tuple(range(args.seeds)),
-                        args.stills, args.epochs)  # fmt: skip
+                        args.stills, args.epochs, recipe=args.recipe)  # fmt: skip
     _print_rows(rows, args.format)
     _save(rows, "stage1", args)
 
@@ -794,6 +794,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--stills", default="data/affectnet_synth", help="written there if absent")
     p.add_argument("--epochs", type=int, default=10, help="stage 1's epochs")
+    p.add_argument(
+        "--recipe", default="ablations/configs/frozen_heads.yaml", help="stage 1's pretrain: from"
+    )
     p.add_argument("--format", **fmt)
     _save_args(p)
     p.set_defaults(func=_bench_stage1)
