@@ -45,7 +45,7 @@ format: install
 bench: install
 	$(BIN)/affbench data bench-index --format md
 	$(BIN)/affbench data bench-loader $(DATA) --format md
-	$(BIN)/affbench bench-learning --heads frame,gru,mixer3,mixer3_frame,tcn --format md
+	$(BIN)/affbench bench-learning --format md
 	$(BIN)/affbench bench-stage1 --format md
 	$(BIN)/affbench bench-stage1-seeds --format md
 	$(BIN)/affbench bench-features --format md
