@@ -75,7 +75,7 @@ class AbawDataModule(ClipLoaders, L.LightningDataModule):
         annotations: the annotations folder's name (found under ``root`` when None).
         test_list: the organisers' list of frames to predict (default: the synthetic set's
             ``test_set_examples/<TASK>_test_set_example.txt`` for the first task, if present).
-        per_frame_augment: draw augmentation parameters per frame (the seed paper) instead of
+        per_frame_augment: draw augmentation parameters per frame (as the paper does) instead of
             once per clip.
         cache_dir: where frame indexes are cached (default ``~/.cache/affbench/index``).
         features: ``auto`` (when the model's encoder is frozen, ``freeze: all``, train and score

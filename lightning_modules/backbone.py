@@ -235,7 +235,7 @@ class FrameEncoder(nn.Module):
     Args:
         name: a timm model name, e.g. ``mobilenetv4_conv_small``.
         taps: feature levels to expose (timm ``out_indices``); the default (2, 3, 4) is strides
-            8, 16 and 32, the seed paper's three taps.
+            8, 16 and 32, the paper's (arXiv 2503.10530) three taps.
         img_size: input size, used to work out each tap's spatial size.
         pretrained: None, ``timm``, a timm tag, or a local checkpoint (timm/ImageNet, AffectNet,
             stage 1, or this project's).

@@ -1,4 +1,5 @@
-"""Stage 1: the frame encoder pretrained on still faces, as the seed paper does on AffectNet.
+"""Stage 1: the frame encoder pretrained on still faces, as the paper (arXiv 2503.10530) does on
+AffectNet.
 
 Still images are clips of one frame: ``AffectModule`` with the ``frame`` head trains the encoder
 with an EXPR and a VA output layer, with the same losses, measures (``val/expr_f1``,

@@ -1,5 +1,5 @@
 """The house's shape: no module imports a layer above its own (pyproject's import-linter
-contract), and the ground floor imports nothing of the suite."""
+contract), and the base layer (core) imports nothing of the suite."""
 
 import subprocess
 import sys

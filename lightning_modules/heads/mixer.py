@@ -1,4 +1,5 @@
-"""``mixer1``, ``mixer3``, ``mixer3_frame``: the seed paper's 3D MLP-Mixer temporal aggregation.
+"""``mixer1``, ``mixer3``, ``mixer3_frame``: the 3D MLP-Mixer temporal aggregation of the paper
+(arXiv 2503.10530).
 
 One Mixer per encoder tap. Each cuts its feature volume (T, C, h, w) into tubelets of
 ``tubelet_t`` frames x ph x pw pixels, the pixel sizes chosen so that every level ends on the
